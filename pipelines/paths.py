@@ -1,0 +1,24 @@
+"""Where things live. Every default path of the project is here, and only here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: The tiny Qwen2-architecture model the project builds itself (`make tiny-model`): random weights.
+TINY_MODEL = os.environ.get("TINY_MODEL", str(ROOT / "models" / "tiny-qwen2"))
+#: The same model after its short CPU pre-training (`make tiny-base`): the default base of the demo.
+TINY_BASE = os.environ.get("TINY_BASE", str(ROOT / "models" / "tiny-qwen2-base"))
+
+VENV = ROOT / ".venv"
+VENV_VLLM = ROOT / ".venv-vllm"
+DATA_DIR = ROOT / "data"
+RAW_DIR = DATA_DIR / "raw"
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def venv_bin(venv: Path, name: str) -> Path:
+    """The path of executable `name` inside virtual environment `venv`."""
+    return venv / ("Scripts" if os.name == "nt" else "bin") / name
