@@ -1,0 +1,187 @@
+"""`make all`: the whole pipeline, one stage after another, each a command you could type yourself.
+
+    base model → data → NER adapter + ruozhiba adapter (llamafactory-cli) → one vLLM server with both →
+    evaluation of the base and each adapter (OpenAI client) → server stopped → results/<run>/report.md
+
+PROFILE=cpu (default) uses the tiny model the project builds and pre-trains itself; PROFILE=gpu uses the
+Qwen2.5 configs of conf/ (MODEL= picks the base, e.g. Qwen/Qwen2.5-7B-Instruct). DRY_RUN=1 prints every
+command and runs none. The server is stopped whatever happens; a failing stage names itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipelines.paths import ROOT, TINY_BASE
+
+PY = str(ROOT / ".venv" / "bin" / "python")
+
+
+@dataclass(frozen=True)
+class Profile:
+    ner_config: str
+    gen_config: str
+    serve_config: str
+    base_name: str  # the name the server gives the base model
+    pretrain: bool  # build and pre-train the tiny model first
+    default_model: str
+
+
+PROFILES = {
+    "cpu": Profile("conf/tiny_lora_cluener.yaml", "conf/tiny_lora_ruozhiba.yaml", "conf/serve/tiny.yaml",
+                   "tiny-base", True, os.path.relpath(TINY_BASE, ROOT)),
+    "gpu": Profile("conf/qwen2.5-0.5b-instruct_lora_cluener.yaml", "conf/qwen2.5-0.5b-instruct_lora_ruozhiba.yaml",
+                   "conf/serve/qwen2.5-0.5b.yaml", "qwen2.5-instruct", False, "Qwen/Qwen2.5-0.5B-Instruct"),
+}
+
+# What the demo must show on the bundled NER validation split (issue 7), checked at the end.
+CRITERIA = [
+    ("NER adapter valid-JSON rate >= 0.95", lambda m, b, a: 1 - a["invalid_json_rate"] >= 0.95),
+    ("base valid-JSON rate <= 0.2", lambda m, b, a: 1 - b["invalid_json_rate"] <= 0.2),
+    ("NER adapter trailing-text rate <= 0.05", lambda m, b, a: a["trailing_text_rate"] <= 0.05),
+    ("NER adapter type-F1 >= 0.6 and >= base + 0.3",
+     lambda m, b, a: a["type_f1"] >= 0.6 and a["type_f1"] >= b["type_f1"] + 0.3),
+    ("ruozhiba adapter ROUGE-L > base", lambda m, b, a: m["gen_adapter"]["rouge_l"] > m["gen_base"]["rouge_l"]),
+]
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]
+    always: bool = False  # runs even after a failure (stopping the server)
+    writes: dict = field(default_factory=dict)  # files to write before the command runs (path -> text)
+
+
+def plan(profile_name: str, model: str | None, run_dir: Path, port: int, cluener_dir: str | None,
+         ruozhiba_file: str | None, samples: int | None, eval_limit: int | None) -> list[Stage]:
+    """The ordered stages of one run. Pure: DRY_RUN prints it and the tests check it."""
+    if profile_name not in PROFILES:
+        raise SystemExit(f"`PROFILE={profile_name}` is unknown; use one of: {', '.join(PROFILES)}.")
+    p = PROFILES[profile_name]
+    model = model or p.default_model
+    adapters = {"cluener": str(run_dir / "adapters" / "cluener"), "ruozhiba": str(run_dir / "adapters" / "ruozhiba")}
+    stages: list[Stage] = []
+    if p.pretrain:
+        stages.append(Stage("tiny-base", [PY, "-m", "pipelines.tiny_base", "--out", model]))
+    cluener_dir = cluener_dir or "data/raw/cluener_sample"
+    ruozhiba_file = ruozhiba_file or "data/raw/ruozhiba_sample.json"
+    stages.append(Stage("data-cluener", [PY, "-m", "pipelines.convert", "cluener", "--raw", cluener_dir,
+                                         "--out-dir", "data"]))
+    stages.append(Stage("data-ruozhiba", [PY, "-m", "pipelines.convert", "ruozhiba", "--raw", ruozhiba_file,
+                                          "--out-dir", "data"]))
+    limit = [f"max_samples={samples}"] if samples else []
+    for task, config in (("cluener", p.ner_config), ("ruozhiba", p.gen_config)):
+        stages.append(Stage(f"train-{task}", [PY, "-m", "pipelines.train", config, f"model_name_or_path={model}",
+                                              f"output_dir={adapters[task]}", *limit]))
+    serve_cfg = yaml.safe_load((ROOT / p.serve_config).read_text(encoding="utf-8"))
+    serve_cfg.update(model=model, served_model_name=p.base_name, adapters=adapters, port=port)
+    serve_path = run_dir / "serve.yaml"
+    stages.append(Stage("serve", [PY, "-m", "pipelines.serve", "start", str(serve_path), "--port", str(port)],
+                        writes={str(serve_path): yaml.safe_dump(serve_cfg, sort_keys=False, allow_unicode=True)}))
+    url = f"http://127.0.0.1:{port}/v1"
+    lim = ["--limit", str(eval_limit)] if eval_limit else []
+    for task, data in (("cluener", "data/cluener_val.json"), ("ruozhiba", "data/ruozhiba_val.json")):
+        stages.append(Stage(f"eval-{task}", [PY, "-m", "pipelines.evaluate", "--base-url", url, "--task", task,
+                                             "--data", data, "--model", p.base_name, "--model", task,
+                                             "--out", str(run_dir / f"eval-{task}"), *lim]))
+    stages.append(Stage("serve-stop", [PY, "-m", "pipelines.serve", "stop", str(serve_path), "--port", str(port)],
+                        always=True))
+    stages.append(Stage("report", [PY, "-m", "pipelines.run_report", str(run_dir), "--base", p.base_name]))
+    return stages
+
+
+def _fmt(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a.replace(str(ROOT) + "/", "")) for a in argv)
+
+
+def execute(stages: list[Stage], dry_run: bool) -> tuple[list[tuple[str, float, str]], str | None]:
+    """Run the stages in order; after a failure only the `always` ones run. Returns timings and the failure."""
+    timings: list[tuple[str, float, str]] = []
+    failed: str | None = None
+    for st in stages:
+        if failed and not st.always:
+            timings.append((st.name, 0.0, "skipped"))
+            continue
+        print(f"\n==> [{st.name}] {_fmt(st.argv)}", flush=True)
+        if dry_run:
+            timings.append((st.name, 0.0, "dry-run"))
+            continue
+        for path, text in st.writes.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+        t0 = time.time()
+        try:
+            rc = subprocess.run(st.argv, cwd=ROOT).returncode
+        except KeyboardInterrupt:
+            rc = 130
+        timings.append((st.name, time.time() - t0, "ok" if rc == 0 else f"exit {rc}"))
+        if rc != 0 and not failed:
+            failed = st.name
+            print(f"make all: stage `{st.name}` failed with exit {rc}; see its output above.", file=sys.stderr)
+    return timings, failed
+
+
+def time_table(timings: list[tuple[str, float, str]]) -> str:
+    rows = ["| stage | seconds | status |", "|---|---:|---|"]
+    rows += [f"| {name} | {secs:.1f} | {status} |" for name, secs, status in timings]
+    rows.append(f"| **total** | {sum(t for _, t, _ in timings):.1f} | |")
+    return "\n".join(rows)
+
+
+def check_criteria(run_dir: Path, base: str) -> list[tuple[str, bool]]:
+    ner = json.loads((run_dir / "eval-cluener" / "metrics.json").read_text())
+    gen = json.loads((run_dir / "eval-ruozhiba" / "metrics.json").read_text())
+    figures = {"gen_base": gen["models"][base], "gen_adapter": gen["models"]["ruozhiba"]}
+    b, a = ner["models"][base], ner["models"]["cluener"]
+    return [(text, bool(fn(figures, b, a))) for text, fn in CRITERIA]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.run_all", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=os.environ.get("PROFILE") or "cpu", choices=sorted(PROFILES))
+    ap.add_argument("--model", default=os.environ.get("MODEL") or None, help="base model path or hub id")
+    ap.add_argument("--run", default=os.environ.get("RUN") or time.strftime("run-%Y%m%d-%H%M%S"))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
+    ap.add_argument("--cluener-dir", default=os.environ.get("CLUENER_DIR") or None)
+    ap.add_argument("--ruozhiba-file", default=os.environ.get("RUOZHIBA_FILE") or None)
+    ap.add_argument("--samples", type=int, default=int(os.environ.get("SAMPLES") or 0) or None,
+                    help="max training samples per adapter (LLaMA-Factory max_samples)")
+    ap.add_argument("--eval-limit", type=int, default=int(os.environ.get("EVAL_LIMIT") or 0) or None)
+    ap.add_argument("--dry-run", action="store_true", default=os.environ.get("DRY_RUN", "") not in ("", "0"))
+    args = ap.parse_args(argv)
+
+    run_dir = ROOT / "results" / args.run
+    stages = plan(args.profile, args.model, run_dir, args.port, args.cluener_dir, args.ruozhiba_file,
+                  args.samples, args.eval_limit)
+    t0 = time.time()
+    timings, failed = execute(stages, args.dry_run)
+    table = time_table(timings)
+    print("\n" + table)
+    if args.dry_run:
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "timings.md").write_text(table + "\n", encoding="utf-8")
+    if failed:
+        print(f"make all: failed at stage `{failed}` after {time.time() - t0:.0f} s.", file=sys.stderr)
+        return 1
+    base = PROFILES[args.profile].base_name
+    results = check_criteria(run_dir, base)
+    print(f"\nmake all: finished in {time.time() - t0:.0f} s; report: {(run_dir / 'report.md').relative_to(ROOT)}")
+    for text, ok in results:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
