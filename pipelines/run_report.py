@@ -1,0 +1,151 @@
+"""The report of one `make all` run: results/<run>/report.md.
+
+It gathers what the stages left in the run folder — the adapters' loss curves and final losses, each
+evaluation's metrics.json, plots and predictions, the stage timings — and states whether the demo's
+criteria (issue 7) hold. `python -m pipelines.run_report results/<run>` rebuilds it at any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+# What the demo must show (bundled NER validation split, ruozhiba validation split), checked at the end.
+CRITERIA = [
+    ("NER adapter valid-JSON rate ≥ 0.95", lambda ner, gen, b, a: 1 - ner[a]["invalid_json_rate"] >= 0.95),
+    ("base valid-JSON rate ≤ 0.2", lambda ner, gen, b, a: 1 - ner[b]["invalid_json_rate"] <= 0.2),
+    ("NER adapter trailing-text rate ≤ 0.05", lambda ner, gen, b, a: ner[a]["trailing_text_rate"] <= 0.05),
+    ("NER adapter type-F1 ≥ 0.6 and ≥ base + 0.3",
+     lambda ner, gen, b, a: ner[a]["type_f1"] >= 0.6 and ner[a]["type_f1"] >= ner[b]["type_f1"] + 0.3),
+    ("ruozhiba adapter ROUGE-L > base", lambda ner, gen, b, a: gen["ruozhiba"]["rouge_l"] > gen[b]["rouge_l"]),
+]
+NER_COLUMNS = [("n", "n"), ("valid JSON", "valid_json_rate"), ("trailing text", "trailing_text_rate"),
+               ("type-F1", "type_f1"), ("entity micro-F1", "micro_f1"), ("precision", "precision"),
+               ("recall", "recall"), ("macro-F1", "macro_f1"), ("exact match", "exact_match")]
+GEN_COLUMNS = [("n", "n"), ("BLEU-4", "bleu_4"), ("ROUGE-1", "rouge_1"), ("ROUGE-2", "rouge_2"),
+               ("ROUGE-L", "rouge_l"), ("mean length", "mean_length")]
+
+
+def load_metrics(run_dir: Path, task: str) -> dict[str, Any] | None:
+    path = run_dir / f"eval-{task}" / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def check_criteria(ner: dict[str, Any], gen: dict[str, Any], base: str) -> list[tuple[str, bool]]:
+    """Each criterion with whether it holds; `ner`/`gen` map model names to their metrics."""
+    return [(text, bool(fn(ner, gen, base, "cluener"))) for text, fn in CRITERIA]
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return "–" if v is None else str(v)
+
+
+def _table(models: dict[str, dict[str, Any]], columns: list[tuple[str, str]]) -> list[str]:
+    rows = ["| model | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, m in models.items():
+        m = dict(m, valid_json_rate=1 - m["invalid_json_rate"]) if "invalid_json_rate" in m else m
+        rows.append(f"| `{name}` | " + " | ".join(_num(m.get(k)) for _, k in columns) + " |")
+    return rows
+
+
+def _predictions(eval_dir: Path, model: str) -> dict[str, str]:
+    path = eval_dir / model / "predictions.jsonl"
+    out: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                out[row["id"]] = row["answer"]
+    return out
+
+
+def examples(run_dir: Path, task: str, metrics: dict[str, Any], k: int = 3) -> list[str]:
+    """Before/after: records where base and adapter answer differently, with the gold answer."""
+    eval_dir = run_dir / f"eval-{task}"
+    models = list(metrics["models"])
+    answers = {m: _predictions(eval_dir, m) for m in models}
+    data_path = Path(metrics["data"]["path"])
+    if not data_path.exists():
+        return []
+    out: list[str] = []
+    for rec in json.loads(data_path.read_text(encoding="utf-8")):
+        got = [answers[m].get(rec["id"]) for m in models]
+        if None in got or len(set(got)) < 2:
+            continue
+        out.append(f"**{rec['id']}** — input: {rec['input'] or rec['instruction']}")
+        out.append("")
+        out.append(f"- gold: `{rec['output']}`")
+        out += [f"- `{m}`: `{a[:200].replace(chr(10), ' ')}`" for m, a in zip(models, got)]
+        out.append("")
+        if len(out) >= 7 * k:
+            break
+    return out
+
+
+def write(run_dir: Path, base: str) -> Path:
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    ner, gen = load_metrics(run_dir, "cluener"), load_metrics(run_dir, "ruozhiba")
+    lines = [f"# Pipeline run `{run_dir.name}`", ""]
+
+    if ner and gen:
+        lines += ["## What the adapters learned", "", "| criterion | holds |", "|---|---|"]
+        lines += [f"| {t} | {'yes' if ok else '**no**'} |" for t, ok in check_criteria(ner["models"], gen["models"], base)]
+        lines.append("")
+
+    lines += ["## Training", ""]
+    for task in ("cluener", "ruozhiba"):
+        adapter = run_dir / "adapters" / task
+        manifest = adapter / "pipelines_manifest.json"
+        if manifest.exists():
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            losses = {k: m.get(k) for k in ("train_loss", "eval_loss") if m.get(k) is not None}
+            lines.append(f"- `{task}` adapter: final " + ", ".join(f"{k} {_num(v)}" for k, v in losses.items()))
+        for png in sorted(adapter.glob("training_*.png")):
+            dst = plots / f"{task}-{png.name}"
+            shutil.copy2(png, dst)
+            lines += ["", f"![{task} {png.stem}](plots/{dst.name})"]
+    lines.append("")
+
+    for task, metrics, columns in (("cluener", ner, NER_COLUMNS), ("ruozhiba", gen, GEN_COLUMNS)):
+        if not metrics:
+            lines += [f"## {task}: not evaluated", ""]
+            continue
+        lines += [f"## {task} ({metrics['data']['n']} validation records, scale: {metrics['scale']})", ""]
+        lines += _table(metrics["models"], columns)
+        lines.append("")
+        for png in sorted((run_dir / f"eval-{task}").glob("*.png")):
+            lines += [f"![{task} {png.stem}](eval-{task}/{png.name})", ""]
+        lines += [f"Full evaluation report: [eval-{task}/report.md](eval-{task}/report.md)", ""]
+        ex = examples(run_dir, task, metrics)
+        if ex:
+            lines += ["### Before / after", "", *ex]
+
+    timings = run_dir / "timings.md"
+    if timings.exists():
+        lines += ["## Stage times", "", timings.read_text(encoding="utf-8")]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.run_report", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", help="results/<run>")
+    ap.add_argument("--base", default="tiny-base", help="served name of the base model (default: %(default)s)")
+    args = ap.parse_args(argv)
+    if not Path(args.run_dir).is_dir():
+        raise SystemExit(f"`{args.run_dir}` is not a run folder; give results/<run> of a `make all` run.")
+    print(f"report: {write(Path(args.run_dir), args.base)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
