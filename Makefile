@@ -10,6 +10,7 @@ PROFILE    ?= cpu
 CONFIG     ?= conf/tiny_lora_cluener.yaml
 ARGS       ?=
 ADAPTER    ?= saves/tiny/lora/cluener
+NAME       ?=
 SERVE      ?= conf/serve/tiny.yaml
 PORT       ?= 8000
 TASK       ?= cluener
@@ -48,6 +49,8 @@ tiny-base: tiny-model ## pre-train the tiny model on the CPU (LLaMA-Factory stag
 data: setup ## convert the raw data (bundled samples, or CLUENER_DIR= / RUOZHIBA_FILE=) into data/*.json + dataset_info.json
 	@$(PY) -m pipelines.convert cluener --raw $(CLUENER_DIR) --out-dir $(DATA_DIR)
 	@$(PY) -m pipelines.convert ruozhiba --raw $(RUOZHIBA_FILE) --out-dir $(DATA_DIR)
+	@$(PY) -m pipelines.convert huanhuan --raw data/raw/huanhuan_sample.json --out-dir $(DATA_DIR)
+	@$(PY) -m pipelines.convert classification --raw data/raw/classification_sample.json --out-dir $(DATA_DIR)
 
 download: setup ## fetch the official CLUENER zip and hfl/ruozhiba_gpt4 (needs a network), checksums verified
 	@$(PY) -m pipelines.download --out downloads
@@ -77,14 +80,15 @@ serve-stop: ## stop the server (SIGTERM, then SIGKILL after a grace period)
 	@$(PY) -m pipelines.serve stop $(SERVE) --port $(PORT)
 
 lora-load: ## hot-load ADAPTER as NAME= into the running server (only if SERVE allows runtime updates)
-	@$(PY) -m pipelines.serve load $(SERVE) --port $(PORT) --name $(NAME) --path $(ADAPTER)
+	@$(PY) -m pipelines.serve load $(SERVE) --port $(PORT) $(if $(NAME),--name $(NAME)) --path $(ADAPTER)
 
 lora-unload: ## unload adapter NAME= from the running server (only if SERVE allows runtime updates)
-	@$(PY) -m pipelines.serve unload $(SERVE) --port $(PORT) --name $(NAME)
+	@$(PY) -m pipelines.serve unload $(SERVE) --port $(PORT) $(if $(NAME),--name $(NAME))
 
-eval: ## score MODELS served on PORT on EVAL_DATA for TASK, into EVAL_OUT (metrics.json, report.md)
+eval: ## check prompt parity with MODEL's tokenizer, then score MODELS served on PORT on EVAL_DATA for TASK into EVAL_OUT (JUDGE= optional)
 	@$(PY) -m pipelines.evaluate --base-url http://127.0.0.1:$(PORT)/v1 --task $(TASK) --data $(EVAL_DATA) \
-	  $(foreach m,$(MODELS),--model $(m)) --out $(EVAL_OUT) $(if $(LIMIT),--limit $(LIMIT))
+	  $(foreach m,$(MODELS),--model $(m)) --out $(EVAL_OUT) $(if $(LIMIT),--limit $(LIMIT)) \
+	  $(if $(MODEL),--tokenizer $(MODEL)) $(if $(JUDGE),--judge $(JUDGE))
 
 parity: ## check that training (LLaMA-Factory template) and serving (chat template) render identical prompts
 	@$(PY) -m pipelines.parity --model $(MODEL) --data $(EVAL_DATA)

@@ -17,6 +17,8 @@ VENV_VLLM = ROOT / ".venv-vllm"
 DATA_DIR = ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+#: Where `make download` puts the real data sets (git-ignored).
+DOWNLOADS_DIR = ROOT / "downloads"
 
 
 def venv_bin(venv: Path, name: str) -> Path:
