@@ -1,0 +1,537 @@
+"""`make serve` / `serve-status` / `serve-stop` / `lora-load` / `lora-unload`: a vLLM OpenAI server, many LoRAs.
+
+    python -m pipelines.serve start   CONFIG [--port N] [--timeout S]
+    python -m pipelines.serve status  CONFIG [--port N]
+    python -m pipelines.serve stop    CONFIG [--port N] [--grace S]
+    python -m pipelines.serve load    CONFIG --name NAME --path ADAPTER [--port N]
+    python -m pipelines.serve unload  CONFIG --name NAME [--port N]
+    python -m pipelines.serve command CONFIG [--port N]      # print the vllm command and its environment
+
+Never imports vLLM: it runs `.venv-vllm/bin/vllm serve …` as a process in its own session (PID file and log
+under `.serve/<port>/`) and talks to it over HTTP. `VLLM_API_KEY`, when set, reaches the server through its
+environment only: never on the command line, in a file or in a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from pipelines.gpu import has_cuda
+from pipelines.paths import ROOT, VENV_VLLM, venv_bin
+from pipelines.serve_config import (
+    AdapterInfo,
+    ServeConfig,
+    ServeConfigError,
+    extra_flags,
+    inspect_adapter,
+    load,
+    model_arg,
+    precheck,
+    round_rank,
+)
+
+#: Where each server keeps its PID file, state and log: `.serve/<port>/`.
+RUN_DIR = ROOT / ".serve"
+STOP_GRACE = 30.0  # seconds between SIGTERM and SIGKILL
+LOG_TAIL = 30  # log lines shown when a start fails
+DEFAULT_MAX_LORA_RANK = 16  # for a server with no static adapters that allows runtime loading
+
+
+class ServeError(RuntimeError):
+    """A failure of the running server (start, status, load); one sentence. `pid`: the server's, if one ran."""
+
+    def __init__(self, message: str, pid: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+
+
+# ---------------------------------------------------------------- the command
+
+
+def build_command(cfg: ServeConfig, adapters: list[AdapterInfo], vllm: str | Path | None = None) -> list[str]:
+    """The `vllm serve` argv for `cfg`; `adapters` come from `precheck` (their ranks size `--max-lora-rank`)."""
+    cmd = [str(vllm or venv_bin(VENV_VLLM, "vllm")), "serve", model_arg(cfg.model),
+           "--host", cfg.host, "--port", str(cfg.port), "--served-model-name", cfg.served_model_name,
+           "--dtype", cfg.dtype,
+           "--tensor-parallel-size", str(cfg.tensor_parallel_size),
+           "--data-parallel-size", str(cfg.data_parallel_size)]
+    if cfg.max_model_len:
+        cmd += ["--max-model-len", str(cfg.max_model_len)]
+    extra = extra_flags(cfg.extra_args)
+    if cfg.lora_enabled:
+        cmd.append("--enable-lora")
+        if "--max-lora-rank" not in extra:
+            cmd += ["--max-lora-rank", str(max_lora_rank(cfg, adapters))]
+        if "--max-loras" not in extra:
+            cmd += ["--max-loras", str(cfg.max_loras or max(1, len(adapters)))]
+        if adapters:
+            cmd.append("--lora-modules")
+            cmd += [json.dumps({"name": a.name, "path": str(a.path), "base_model_name": cfg.served_model_name})
+                    for a in adapters]
+    return cmd + list(cfg.extra_args)
+
+
+def max_lora_rank(cfg: ServeConfig, adapters: list[AdapterInfo]) -> int:
+    """`max_lora_rank` when set, else the largest adapter rank rounded up to a value vLLM accepts."""
+    if cfg.max_lora_rank:
+        return cfg.max_lora_rank
+    if not adapters:
+        return DEFAULT_MAX_LORA_RANK
+    return round_rank(max(a.rank for a in adapters))
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def build_env(cfg: ServeConfig, base: Mapping[str, str] | None = None, cuda: bool | None = None) -> dict[str, str]:
+    """The server's environment: `base` (os.environ) plus the CPU settings and the runtime-LoRA switch.
+
+    On the CPU: `VLLM_CPU_KVCACHE_SPACE` (GiB, `cpu_kvcache_space`) and `OMP_NUM_THREADS` (`cpu_threads`, else an
+    existing OMP_NUM_THREADS, else the usable cores). vLLM itself binds the engine's threads to the cores it
+    does not reserve for its API server (VLLM_CPU_OMP_THREADS_BIND=auto).
+    """
+    env = dict(os.environ if base is None else base)
+    cuda = has_cuda(env) if cuda is None else cuda
+    if not cuda:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.cpu_kvcache_space)
+        if cfg.cpu_threads:
+            env["OMP_NUM_THREADS"] = str(cfg.cpu_threads)
+        else:
+            env.setdefault("OMP_NUM_THREADS", str(cpu_count()))
+    if cfg.runtime_lora_updating:
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    else:
+        env.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
+    return env
+
+
+def shown_env(env: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
+    """The variables the launcher adds or changes, for printing; the API key only as a placeholder."""
+    shown = {k: v for k, v in env.items() if base.get(k) != v and k != "VLLM_API_KEY"}
+    if env.get("VLLM_API_KEY"):
+        shown["VLLM_API_KEY"] = "<from the environment>"
+    return shown
+
+
+# ---------------------------------------------------------------- run folder and processes
+
+
+@dataclass
+class RunFiles:
+    dir: Path
+
+    @property
+    def pid(self) -> Path:
+        return self.dir / "server.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "server.log"
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "state.json"
+
+
+def run_files(port: int, run_dir: Path = RUN_DIR) -> RunFiles:
+    return RunFiles(Path(run_dir) / str(port))
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state is [0], pgrp [2], starttime [19])."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> str | None:
+    stat = _proc_stat(pid)
+    return stat[19] if stat else None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid`, from /proc; falls back to killpg(pgid, 0)."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except (ProcessLookupError, PermissionError):
+            return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat and stat[2] == str(pgid) and stat[0] not in ("Z", "X"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def _reap(pid: int) -> None:
+    """Collect `pid` if it is our child (when the launcher runs inside a test), so it leaves no zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def read_state(files: RunFiles) -> dict | None:
+    """The state of the server started on this port, or None (and stale files removed) if it is gone."""
+    if not files.state.exists():
+        return None
+    try:
+        state = json.loads(files.state.read_text())
+    except (OSError, json.JSONDecodeError):
+        state = {}
+    pid = state.get("pid")
+    if not pid or start_time(pid) != state.get("start_time") or not group_members(state.get("pgid", pid)):
+        _cleanup(files)
+        return None
+    return state
+
+
+def _cleanup(files: RunFiles) -> None:
+    for f in (files.pid, files.state):
+        f.unlink(missing_ok=True)
+
+
+def kill_group(pgid: int, grace: float = STOP_GRACE, pid: int | None = None) -> bool:
+    """SIGTERM the group, SIGKILL after `grace` s; True when no process of it is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if pid:
+                _reap(pid)
+            if not group_members(pgid):
+                return True
+            time.sleep(0.2)
+    return not group_members(pgid)
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def _headers(env: Mapping[str, str]) -> dict[str, str]:
+    key = env.get("VLLM_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def served_models(base_url: str, env: Mapping[str, str], timeout: float = 10.0) -> list[str]:
+    r = httpx.get(f"{base_url}/v1/models", headers=_headers(env), timeout=timeout)
+    if r.status_code == 401:
+        raise ServeError(f"the server on {base_url} wants an API key; set `VLLM_API_KEY` to the key it was "
+                         "started with.")
+    r.raise_for_status()
+    return [m["id"] for m in r.json()["data"]]
+
+
+def healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# ---------------------------------------------------------------- failure causes
+
+_EXC = re.compile(r"(?:^|\s)((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Exit)): (.+?)\s*$")
+_GENERIC = ("Engine core initialization failed", "See root cause above", "Worker failed", "Worker proc",
+            "Engine process failed to start", "died unexpectedly", "Traceback")
+
+
+def failure_cause(log_text: str, returncode: int | None = None) -> str:
+    """One sentence: why a server exited, from its log (the most specific exception message)."""
+    causes = []
+    for line in log_text.splitlines():
+        m = None if "WARNING" in line else _EXC.search(line)
+        if m and not any(g in m.group(2) for g in _GENERIC):
+            causes.append(m.group(2).strip())
+    if causes:
+        cause = causes[-1]
+    elif returncode is not None and returncode < 0:
+        cause = f"killed by signal {-returncode}" + (" (out of memory?)" if returncode == -9 else "")
+    else:
+        errors = [ln.split("ERROR", 1)[1].split("]", 1)[-1].strip(" :") for ln in log_text.splitlines()
+                  if "ERROR" in ln]
+        cause = errors[-1] if errors else f"exit code {returncode}"
+    return cause if cause.endswith((".", "!", "?", ")")) else cause + "."
+
+
+def log_tail(path: Path, n: int = LOG_TAIL) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- start / status / stop
+
+
+@dataclass
+class Served:
+    pid: int
+    base_url: str
+    models: list[str]
+    log: Path
+    seconds: float
+
+
+def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = None,
+          timeout: float | None = None, vllm: str | Path | None = None,
+          echo: Callable[[str], None] = print) -> Served:
+    """Check, start `vllm serve` in the background, wait until it lists the base and every adapter.
+
+    Raises ServeConfigError (every precheck problem) or ServeError ("server exited: …" / "server failed to
+    start in time …"); on a failure the server's process group is stopped and the log's tail printed.
+    """
+    files = run_files(cfg.port, run_dir)
+    state = read_state(files)
+    if state:
+        raise ServeError(f"a server is already running on port {cfg.port} (pid {state['pid']}); stop it with "
+                         f"`make serve-stop PORT={cfg.port}` first.")
+    adapters = precheck(cfg)
+    base_env = os.environ if env is None else env
+    server_env = build_env(cfg, base_env)
+    cmd = build_command(cfg, adapters, vllm)
+    exe = Path(cmd[0])
+    if not exe.exists():
+        raise ServeError(f"`{exe}` does not exist; build the vLLM venv with `make setup`.")
+    files.dir.mkdir(parents=True, exist_ok=True)
+    echo("serve: " + " ".join(f"{k}={v}" for k, v in sorted(shown_env(server_env, base_env).items())))
+    echo("serve: " + shlex.join(cmd))
+    t0 = time.monotonic()
+    with open(files.log, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=server_env, cwd=ROOT, start_new_session=True)
+    files.pid.write_text(f"{proc.pid}\n")
+    base_url = f"http://{_url_host(cfg.host)}:{cfg.port}"
+    state = {"pid": proc.pid, "pgid": proc.pid, "start_time": start_time(proc.pid), "config": cfg.source,
+             "base_url": base_url, "model": cfg.served_model_name, "adapters": [a.name for a in adapters],
+             "runtime_lora_updating": cfg.runtime_lora_updating, "command": cmd, "log": str(files.log)}
+    if cfg.lora_enabled:
+        state["max_lora_rank"] = _flag_value(cmd, "--max-lora-rank", int)
+    files.state.write_text(json.dumps(state, indent=2) + "\n")
+    echo(f"serve: started pid {proc.pid}, log {files.log}; waiting for {base_url}/v1/models …")
+    want = [cfg.served_model_name, *state["adapters"]]
+    try:
+        models = _wait_ready(proc, base_url, want, server_env, timeout or cfg.startup_timeout, files.log)
+    except BaseException as e:  # a failed start, or Ctrl-C while waiting: leave no server behind
+        kill_group(proc.pid, grace=10.0, pid=proc.pid)
+        _cleanup(files)
+        if isinstance(e, ServeError):
+            e.pid = proc.pid
+            tail = log_tail(files.log)
+            if tail:
+                echo(f"serve: last lines of {files.log}:\n{tail}")
+        raise
+    seconds = time.monotonic() - t0
+    state["ready_seconds"] = round(seconds, 1)
+    files.state.write_text(json.dumps(state, indent=2) + "\n")
+    return Served(proc.pid, base_url + "/v1", models, files.log, seconds)
+
+
+def _url_host(host: str) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    return f"[{host}]" if ":" in host else host
+
+
+def _flag_value(cmd: list[str], flag: str, kind=str):
+    value = None
+    for i, a in enumerate(cmd):
+        if a == flag and i + 1 < len(cmd):
+            value = kind(cmd[i + 1])
+        elif a.startswith(flag + "="):
+            value = kind(a.split("=", 1)[1])
+    return value
+
+
+def _wait_ready(proc: subprocess.Popen, base_url: str, want: list[str], env: Mapping[str, str],
+                timeout: float, log: Path) -> list[str]:
+    deadline = time.monotonic() + timeout
+    models: list[str] = []
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise ServeError(f"server exited: {failure_cause(log.read_text(errors='replace'), code)}")
+        if healthy(base_url):
+            try:
+                models = served_models(base_url, env)
+            except httpx.HTTPError:
+                models = []
+            if all(m in models for m in want):
+                return models
+        time.sleep(1.0)
+    missing = [m for m in want if m not in models]
+    what = f"/v1/models lacks {', '.join(missing)}" if models else "no healthy answer on /health"
+    raise ServeError(f"server failed to start in time: {what} after {timeout:.0f} s; raise `startup_timeout` "
+                     f"or read {log}.")
+
+
+def status(port: int, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = None) -> dict:
+    """What runs on `port`: {"running", "pid", "base_url", "healthy", "models", …}."""
+    env = os.environ if env is None else env
+    state = read_state(run_files(port, run_dir))
+    if state is None:
+        url = f"http://127.0.0.1:{port}"
+        return {"running": False, "base_url": url, "healthy": healthy(url)}
+    out = {"running": True, **{k: state.get(k) for k in ("pid", "base_url", "config", "model", "adapters", "log",
+                                                            "runtime_lora_updating", "ready_seconds")}}
+    out["healthy"] = healthy(state["base_url"])
+    if out["healthy"]:
+        try:
+            out["models"] = served_models(state["base_url"], env)
+        except httpx.HTTPError:
+            out["healthy"] = False
+    return out
+
+
+def stop(port: int, run_dir: Path = RUN_DIR, grace: float = STOP_GRACE) -> int | None:
+    """Stop the server started on `port` (its whole process group); its pid, or None if none ran."""
+    files = run_files(port, run_dir)
+    state = read_state(files)
+    if state is None:
+        return None
+    pid = state["pid"]
+    if not kill_group(state.get("pgid", pid), grace=grace, pid=pid):
+        raise ServeError(f"processes of group {pid} survived SIGKILL; look at `ps -g {pid}`.")
+    _cleanup(files)
+    return pid
+
+
+# ---------------------------------------------------------------- runtime adapters
+
+
+def _runtime_state(cfg: ServeConfig, run_dir: Path) -> dict:
+    if not cfg.runtime_lora_updating:
+        raise ServeError(f"`runtime_lora_updating` is false in `{cfg.source}`; set it to true and restart the "
+                         "server to load or unload adapters at runtime.")
+    state = read_state(run_files(cfg.port, run_dir))
+    if state is None:
+        raise ServeError(f"no server of the launcher runs on port {cfg.port}; start one with `make serve`.")
+    if not state.get("runtime_lora_updating"):
+        raise ServeError(f"the server on port {cfg.port} was started without runtime LoRA updating; restart it "
+                         "with `make serve-stop` and `make serve`.")
+    return state
+
+
+def _post(url: str, body: dict, env: Mapping[str, str]) -> str:
+    r = httpx.post(url, json=body, headers=_headers(env), timeout=120.0)
+    if r.status_code != 200:
+        try:
+            msg = r.json().get("error", {}).get("message") or r.text
+        except (ValueError, AttributeError):
+            msg = r.text
+        raise ServeError(f"{url.rsplit('/', 1)[-1]} failed ({r.status_code}): {msg.strip()}")
+    return r.text
+
+
+def load_adapter(cfg: ServeConfig, name: str, path: str, run_dir: Path = RUN_DIR,
+                 env: Mapping[str, str] | None = None) -> None:
+    env = os.environ if env is None else env
+    state = _runtime_state(cfg, run_dir)
+    info, problems = inspect_adapter(name, path, cfg.model, state.get("max_lora_rank"))
+    if problems:
+        raise ServeConfigError(problems)
+    assert info is not None
+    _post(f"{state['base_url']}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(info.path)}, env)
+
+
+def unload_adapter(cfg: ServeConfig, name: str, run_dir: Path = RUN_DIR,
+                   env: Mapping[str, str] | None = None) -> None:
+    env = os.environ if env is None else env
+    state = _runtime_state(cfg, run_dir)
+    _post(f"{state['base_url']}/v1/unload_lora_adapter", {"lora_name": name}, env)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.serve", description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["start", "status", "stop", "load", "unload", "command"])
+    ap.add_argument("config", help="a serve config, e.g. conf/serve/tiny.yaml")
+    ap.add_argument("--port", type=int, help="override the config's `port`")
+    ap.add_argument("--name", help="adapter name (load, unload)")
+    ap.add_argument("--path", help="adapter folder (load)")
+    ap.add_argument("--timeout", type=float, help="seconds to wait for the server (default: `startup_timeout`)")
+    ap.add_argument("--grace", type=float, default=STOP_GRACE, help="seconds between SIGTERM and SIGKILL")
+    ap.add_argument("--run-dir", type=Path, default=RUN_DIR, help="PID files and logs (default: %(default)s)")
+    args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except (ServeConfigError, ServeError) as e:
+        print(f"serve {args.action}: {e}" if not isinstance(e, ServeConfigError) or len(e.problems) == 1
+              else f"serve {args.action}: {len(e.problems)} problems:\n  - " + "\n  - ".join(e.problems),
+              file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.action == "stop":
+        port = args.port if args.port is not None else load(args.config).port
+        pid = stop(port, args.run_dir, args.grace)
+        print(f"serve: stopped the server on port {port} (pid {pid})" if pid else
+              f"serve: no server of the launcher runs on port {port}; nothing to stop")
+        return 0
+    cfg = load(args.config, port=args.port)
+    if args.action == "command":
+        adapters = precheck(cfg, check_port=False)
+        env = build_env(cfg)
+        for k, v in sorted(shown_env(env, os.environ).items()):
+            print(f"export {k}={shlex.quote(v)}")
+        print(shlex.join(build_command(cfg, adapters)))
+        return 0
+    if args.action == "start":
+        s = start(cfg, run_dir=args.run_dir, timeout=args.timeout)
+        adapters = [m for m in s.models if m != cfg.served_model_name]
+        print(f"serve: ready in {s.seconds:.0f} s at {s.base_url}: base `{cfg.served_model_name}`, adapters "
+              f"{', '.join(adapters) or '(none)'}; pid {s.pid}, log {s.log}; stop with "
+              f"`make serve-stop PORT={cfg.port}`")
+        return 0
+    if args.action == "status":
+        st = status(cfg.port, args.run_dir)
+        if not st["running"]:
+            other = " (but something answers /health there)" if st["healthy"] else ""
+            print(f"serve: no server of the launcher runs on port {cfg.port}{other}")
+            return 1
+        print(f"serve: pid {st['pid']} on {st['base_url']}/v1 ({st['config']}), "
+              + (f"serving {', '.join(st['models'])}" if st["healthy"] else "not healthy yet")
+              + f"; log {st['log']}")
+        return 0 if st["healthy"] else 1
+    if not args.name:
+        raise ServeError(f"`--name` is required for `{args.action}` (make: NAME=…).")
+    if args.action == "load":
+        if not args.path:
+            raise ServeError("`--path` is required for `load` (make: ADAPTER=…).")
+        load_adapter(cfg, args.name, args.path, args.run_dir)
+        print(f"serve: loaded adapter `{args.name}` from {args.path}")
+    else:
+        unload_adapter(cfg, args.name, args.run_dir)
+        print(f"serve: unloaded adapter `{args.name}`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
