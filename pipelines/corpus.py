@@ -1,4 +1,4 @@
-"""The tiny model's pre-training text: the tokenizer is trained on it, and `tiny_base` pre-trains on it.
+"""The tiny model's pre-training text: `tiny_base` pre-trains on it and the tokenizer is trained on it.
 
 It holds the raw sentences of the bundled samples (CLUENER texts, ruozhiba questions) plus generic Chinese,
 English and JSON text generated here. It holds no NER answers and no system prompt: what the adapters learn
@@ -82,6 +82,14 @@ def raw_sentences(raw_dir: Path = RAW_DIR) -> list[str]:
     if ruozhiba.exists():
         texts += [r["instruction"] for r in json.loads(ruozhiba.read_text(encoding="utf-8"))]
     return texts
+
+
+def task_prompts() -> list[str]:
+    """The fixed prompt texts of the converters (system prompts, instructions): tokenizer training only."""
+    from pipelines import converters
+
+    return [converters.CLUENER_SYSTEM, *converters.CLUENER_INSTRUCTIONS.values(), converters.HUANHUAN_SYSTEM,
+            converters.CLASSIFICATION_SYSTEM]
 
 
 def pretrain_corpus(seed: int = 0, generic: int = 400, raw_dir: Path = RAW_DIR) -> list[str]:

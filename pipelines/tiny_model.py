@@ -17,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.corpus import pretrain_corpus
+from pipelines.corpus import pretrain_corpus, task_prompts
 from pipelines.paths import TINY_MODEL
 
 SEED = 0
 VOCAB_SIZE = 6000  # BPE merges target; the embedding is padded to a multiple of 64
+TOKENIZER_PROMPT_REPEATS = 10
 ARCH = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1000000.0, rms_norm_eps=1e-6,
             tie_word_embeddings=True, initializer_range=0.02)
@@ -52,6 +53,12 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
+
+
+def tokenizer_corpus(docs: list[str]) -> list[str]:
+    """The pre-training text plus the tasks' fixed prompts, repeated so that BPE merges them into a few
+    tokens (as a real tokenizer's vocabulary covers common text). Pre-training itself never sees them."""
+    return docs + task_prompts() * TOKENIZER_PROMPT_REPEATS
 
 
 def spec_digest(docs: list[str]) -> str:
@@ -119,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    docs = pretrain_corpus(SEED)
+    docs = tokenizer_corpus(pretrain_corpus(SEED))
     digest = spec_digest(docs)
     stamp = out / "pipelines-build.sha256"
     if not args.force and stamp.exists() and stamp.read_text().strip() == digest:
