@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -50,6 +51,17 @@ class Stage:
     argv: list[str]
     always: bool = False  # runs even after a failure (stopping the server)
     writes: dict = field(default_factory=dict)  # files to write before the command runs (path -> text)
+    show: list[str] | None = None  # DRY_RUN: a command that prints the underlying tool command instead
+
+
+def sized(config: str, model: str) -> str:
+    """The config of the model's size when conf/ has one (MODEL=…7B… picks …7b…yaml), else `config`."""
+    m = re.search(r"(\d+(?:\.\d+)?)b\b", Path(model).name.lower())
+    if m and "0.5b" in config:
+        other = config.replace("0.5b", f"{m.group(1)}b")
+        if (ROOT / other).exists():
+            return other
+    return config
 
 
 def plan(profile_name: str, model: str | None, run_dir: Path, port: int, cluener_dir: str | None,
@@ -70,14 +82,19 @@ def plan(profile_name: str, model: str | None, run_dir: Path, port: int, cluener
     stages.append(Stage("data-ruozhiba", [PY, "-m", "pipelines.convert", "ruozhiba", "--raw", ruozhiba_file,
                                           "--out-dir", "data"]))
     limit = [f"max_samples={samples}"] if samples else []
-    for task, config in (("cluener", p.ner_config), ("ruozhiba", p.gen_config)):
-        stages.append(Stage(f"train-{task}", [PY, "-m", "pipelines.train", config, f"model_name_or_path={model}",
-                                              f"output_dir={adapters[task]}", *limit]))
+    ranks = []
+    for task, config in (("cluener", sized(p.ner_config, model)), ("ruozhiba", sized(p.gen_config, model))):
+        argv = [PY, "-m", "pipelines.train", config, f"model_name_or_path={model}", f"output_dir={adapters[task]}",
+                *limit]
+        stages.append(Stage(f"train-{task}", argv, show=[*argv, "--dry-run", "--no-check"]))
+        ranks.append(int(yaml.safe_load((ROOT / config).read_text(encoding="utf-8")).get("lora_rank") or 8))
     serve_cfg = yaml.safe_load((ROOT / p.serve_config).read_text(encoding="utf-8"))
     serve_cfg.update(model=model, served_model_name=p.base_name, adapters=adapters, port=port)
     serve_path = run_dir / "serve.yaml"
     stages.append(Stage("serve", [PY, "-m", "pipelines.serve", "start", str(serve_path), "--port", str(port)],
-                        writes={str(serve_path): yaml.safe_dump(serve_cfg, sort_keys=False, allow_unicode=True)}))
+                        writes={str(serve_path): yaml.safe_dump(serve_cfg, sort_keys=False, allow_unicode=True)},
+                        show=[PY, "-m", "pipelines.serve", "command", str(serve_path), "--port", str(port),
+                              "--assume-rank", str(max(ranks))]))
     url = f"http://127.0.0.1:{port}/v1"
     lim = ["--limit", str(eval_limit)] if eval_limit else []
     for task, data in (("cluener", "data/cluener_val.json"), ("ruozhiba", "data/ruozhiba_val.json")):
@@ -102,12 +119,14 @@ def execute(stages: list[Stage], dry_run: bool) -> tuple[list[tuple[str, float, 
             timings.append((st.name, 0.0, "skipped"))
             continue
         print(f"\n==> [{st.name}] {_fmt(st.argv)}", flush=True)
-        if dry_run:
-            timings.append((st.name, 0.0, "dry-run"))
-            continue
         for path, text in st.writes.items():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text, encoding="utf-8")
+        if dry_run:
+            if st.show:  # what that stage would launch: llamafactory-cli / vllm serve
+                subprocess.run(st.show, cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "DRY_RUN"})
+            timings.append((st.name, 0.0, "dry-run"))
+            continue
         t0 = time.time()
         try:
             rc = subprocess.run(st.argv, cwd=ROOT).returncode

@@ -40,6 +40,7 @@ from pipelines.serve_config import (
     load,
     model_arg,
     precheck,
+    resolve,
     round_rank,
 )
 
@@ -478,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, help="seconds to wait for the server (default: `startup_timeout`)")
     ap.add_argument("--grace", type=float, default=STOP_GRACE, help="seconds between SIGTERM and SIGKILL")
     ap.add_argument("--run-dir", type=Path, default=RUN_DIR, help="PID files and logs (default: %(default)s)")
+    ap.add_argument("--assume-rank", type=int, metavar="R",
+                    help="command only: skip the checks and size --max-lora-rank for adapters of rank R "
+                         "(a dry run before the adapters exist)")
     args = ap.parse_args(argv)
     try:
         return _run(args)
@@ -497,7 +501,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     cfg = load(args.config, port=args.port)
     if args.action == "command":
-        adapters = precheck(cfg, check_port=False)
+        if args.assume_rank:
+            adapters = [AdapterInfo(n, resolve(p), args.assume_rank, cfg.model) for n, p in cfg.adapters.items()]
+        else:
+            adapters = precheck(cfg, check_port=False)
         env = build_env(cfg)
         for k, v in sorted(shown_env(env, os.environ).items()):
             print(f"export {k}={shlex.quote(v)}")

@@ -1,0 +1,93 @@
+"""Issue 7: `make all` — the plan for both profiles (DRY_RUN) and one real end-to-end run on the CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from serving import free_port
+
+from pipelines import run_all
+from pipelines.paths import ROOT, VENV, venv_bin
+
+
+def _dry_run(*args: str) -> str:
+    out = subprocess.run([str(venv_bin(VENV, "python")), "-m", "pipelines.run_all", "--dry-run", *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_dry_run_gpu_profile_prints_the_real_commands():
+    run = "pytest-dry-gpu"
+    try:
+        text = _dry_run("--profile", "gpu", "--model", "Qwen/Qwen2.5-7B-Instruct", "--run", run, "--port", "8011")
+    finally:
+        shutil.rmtree(ROOT / "results" / run, ignore_errors=True)
+    lines = text.splitlines()
+    lf = [ln for ln in lines if ln.startswith("$ ") and "llamafactory-cli train" in ln]
+    assert any("conf/qwen2.5-7b-instruct_lora_cluener.yaml" in ln for ln in lf), text
+    assert any("conf/qwen2.5-0.5b-instruct_lora_ruozhiba.yaml" in ln for ln in lf), text
+    assert all("model_name_or_path=Qwen/Qwen2.5-7B-Instruct" in ln for ln in lf) and len(lf) == 2
+    serve = [ln for ln in lines if "vllm serve Qwen/Qwen2.5-7B-Instruct" in ln]
+    assert len(serve) == 1, text
+    assert "--enable-lora" in serve[0] and '"name": "cluener"' in serve[0] and '"name": "ruozhiba"' in serve[0]
+    assert "--port 8011" in serve[0] and "--host 127.0.0.1" in serve[0]
+    evals = [ln for ln in lines if "pipelines.evaluate" in ln]
+    assert len(evals) == 2
+    assert "--model qwen2.5-instruct --model cluener" in evals[0] and "--task cluener" in evals[0]
+    assert "--model qwen2.5-instruct --model ruozhiba" in evals[1] and "--task ruozhiba" in evals[1]
+    assert "tiny_base" not in text  # no tiny model on the GPU path
+    assert "pipelines.serve stop" in text
+
+
+def test_dry_run_cpu_profile_uses_the_tiny_configs():
+    run = "pytest-dry-cpu"
+    try:
+        text = _dry_run("--run", run, "--port", "8012")
+    finally:
+        shutil.rmtree(ROOT / "results" / run, ignore_errors=True)
+    assert "pipelines.tiny_base" in text
+    assert "llamafactory-cli train conf/tiny_lora_cluener.yaml" in text
+    assert "llamafactory-cli train conf/tiny_lora_ruozhiba.yaml" in text
+    assert "--served-model-name tiny-base" in text and "--max-lora-rank" in text
+
+
+def test_unknown_profile_is_one_sentence():
+    with pytest.raises(SystemExit, match="`PROFILE=tpu` is unknown"):
+        run_all.plan("tpu", None, ROOT / "results" / "x", 8000, None, None, None, None)
+
+
+def test_sized_config_follows_the_model():
+    assert run_all.sized("conf/qwen2.5-0.5b-instruct_lora_cluener.yaml", "Qwen/Qwen2.5-7B-Instruct") == \
+        "conf/qwen2.5-7b-instruct_lora_cluener.yaml"
+    assert run_all.sized("conf/qwen2.5-0.5b-instruct_lora_ruozhiba.yaml", "Qwen/Qwen2.5-7B-Instruct") == \
+        "conf/qwen2.5-0.5b-instruct_lora_ruozhiba.yaml"  # no 7B ruozhiba config: the model override applies
+    assert run_all.sized("conf/tiny_lora_cluener.yaml", "models/tiny-qwen2-base") == "conf/tiny_lora_cluener.yaml"
+
+
+@pytest.mark.slow
+def test_make_all_end_to_end(tiny_base_dir, capfd):
+    """The whole pipeline on the bundled samples: report written, both adapters scored, the NER adapter
+    beats the base on the output contract, the server is gone afterwards."""
+    run = "pytest-e2e"
+    port = free_port()
+    run_dir = ROOT / "results" / run
+    shutil.rmtree(run_dir, ignore_errors=True)
+    rc = run_all.main(["--run", run, "--port", str(port)])
+    out = capfd.readouterr().out
+    assert rc == 0, out[-5000:]
+    report = (run_dir / "report.md").read_text(encoding="utf-8")
+    assert "## What the adapters learned" in report and "Before / after" in report and "Stage times" in report
+    ner = json.loads((run_dir / "eval-cluener" / "metrics.json").read_text())["models"]
+    gen = json.loads((run_dir / "eval-ruozhiba" / "metrics.json").read_text())["models"]
+    assert set(ner) == {"tiny-base", "cluener"} and set(gen) == {"tiny-base", "ruozhiba"}
+    assert ner["cluener"]["n"] == ner["tiny-base"]["n"] > 0
+    assert 1 - ner["cluener"]["invalid_json_rate"] > 1 - ner["tiny-base"]["invalid_json_rate"] + 0.5
+    assert ner["cluener"]["type_f1"] > ner["tiny-base"]["type_f1"]
+    assert gen["ruozhiba"]["rouge_l"] > gen["tiny-base"]["rouge_l"]
+    assert "[PASS] NER adapter valid-JSON rate" in out or "[FAIL] NER adapter valid-JSON rate" in out
+    assert (run_dir / "adapters" / "cluener" / "adapter_config.json").exists()
+    assert not (ROOT / ".serve" / str(port) / "server.pid").exists()  # stopped
