@@ -96,8 +96,8 @@ parity: ## check that training (LLaMA-Factory template) and serving (chat templa
 all: setup ## the whole pipeline: tiny base, data, two adapters, vLLM, evaluation, report (DRY_RUN=1 prints it)
 	@$(PY) -m pipelines.run_all
 
-bench: setup ## benchmarks against the seeds' way; prints tables, writes bench/results/*.json
-	@$(PY) -m pipelines.bench
+bench: tiny-base ## benchmarks against the seeds' way (ARGS="--quick --repeats 1"): tables, bench/results/*.json, BENCHMARKS.md
+	@$(PY) -m pipelines.bench all $(ARGS)
 
 test: setup ## run the test suite (builds what it needs; slow tests train and serve for real)
 	@$(PY) -m pytest $(PYTEST_ARGS)

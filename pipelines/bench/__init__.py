@@ -1,0 +1,14 @@
+"""`make bench`: the pipeline against the seeds' way, side by side (issue 8).
+
+    python -m pipelines.bench [train|eval|convert|all|report] [--repeats 3] [--quick]
+
+Each benchmark runs both sides in one run on the same tiny model, data and settings, repeats, prints a table
+and writes `bench/results/<name>.json`: per side the median, min and max of each figure, and a top-level
+`ratio` (ours / theirs, higher is better). `report` (also run after `all`) rewrites `BENCHMARKS.md` from the
+result files. Benchmarks print figures; they are not tests (only the pure parts are unit-tested).
+
+Modules: `common` (summaries, tables, child processes with their peak RSS), `seeds` (the seeds' hand-written
+training loop, one-at-a-time `generate` and converter, re-implemented), `data` (CLUENER converted into a
+temporary folder, never into the repository), `server` (a vLLM server through `pipelines.serve`), the three
+benchmarks `train`, `eval`, `convert`, and `report` (BENCHMARKS.md).
+"""

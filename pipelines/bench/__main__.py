@@ -1,0 +1,114 @@
+"""`python -m pipelines.bench [train|eval|convert|all|report] [--repeats 3] [--quick]` (see `pipelines.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from pipelines.bench import common
+
+BENCHES = ("train", "eval", "convert")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench",
+                                 description="Benchmarks: the pipeline against the seeds' way, side by side.")
+    ap.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all", "report"],
+                    help="a benchmark, all three (default; then BENCHMARKS.md is rewritten), or only the report")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of each measurement (default 3)")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes to check that everything runs; figures are noisy and marked quick")
+    ap.add_argument("--data", default="auto", choices=["auto", "real", "sample"],
+                    help="CLUENER: the real set in ../shared/datasets when present (auto), or the bundled sample")
+    ap.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR, help="where <name>.json go")
+    ap.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, adapters) and print it")
+    ap.add_argument("--threads", type=int,
+                    help="OMP_NUM_THREADS for every process (both sides and the server; default: the usable cores). "
+                         "On a shared, busy machine 1 keeps the figures comparable: threads waiting for each other "
+                         "at every operation slow both sides by a factor that changes from run to run")
+    # train
+    ap.add_argument("--train-samples", type=int, help="records trained per epoch (default 480, quick 64)")
+    ap.add_argument("--train-epochs", type=int, help="epochs (default 1)")
+    ap.add_argument("--max-source", type=int, default=0,
+                    help="theirs: prompt length; 0 = the longest prompt of the samples (default)")
+    ap.add_argument("--max-target", type=int, default=70, help="theirs: response length (the seeds' 70)")
+    ap.add_argument("--no-group-by-length", action="store_true", help="ours: random batches (dynamic padding only)")
+    # eval
+    ap.add_argument("--eval-n", type=int, help="prompts per measurement (default 200, quick 32)")
+    ap.add_argument("--concurrency", type=int, action="append", help="concurrency levels (default 1 4 16 64)")
+    ap.add_argument("--adapter", help="LoRA adapter to serve and to load in HF (default: saves/tiny/lora/cluener from "
+                         "`make train`, else one trained into the work folder)")
+    ap.add_argument("--port", type=int, help="server port (default: a free one)")
+    ap.add_argument("--no-vllm-bench", action="store_true", help="skip `vllm bench serve` (no efficiency figure)")
+    # convert
+    ap.add_argument("--launches", type=int, help="server launches for launch-to-ready (default: --repeats)")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = shlex.join(["python", "-m", "pipelines.bench", *(sys.argv[1:] if argv is None else argv)])
+    if args.which == "report":
+        from pipelines.bench import report
+
+        print(f"wrote {report.write(args.results_dir)}")
+        return 0
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # lfcli.cli_env and the serve launcher keep it
+    todo = BENCHES if args.which == "all" else (args.which,)
+    work = Path(tempfile.mkdtemp(prefix="pipelines-bench-"))
+    status = 0
+    try:
+        for name in todo:
+            try:
+                result, text = _run(name, args, work / name)
+            except common.BenchError as e:
+                print(f"bench {name}: {e}", file=sys.stderr)
+                status = 1
+                continue
+            result["command"] = command
+            path = common.write_result(name, result, args.results_dir)
+            print(f"\n{text}\nwrote {path}\n", flush=True)
+        if args.which == "all":
+            from pipelines.bench import report
+
+            print(f"wrote {report.write(args.results_dir)}")
+    finally:
+        if args.keep_work:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return status
+
+
+def _run(name: str, args: argparse.Namespace, work: Path):
+    work.mkdir(parents=True, exist_ok=True)
+    if name == "train":
+        from pipelines.bench import train
+
+        r = train.bench(work, repeats=args.repeats, quick=args.quick, samples=args.train_samples,
+                        epochs=args.train_epochs, data_source=args.data, max_source=args.max_source,
+                        max_target=args.max_target, group_by_length=not args.no_group_by_length)
+        return r, train.render(r)
+    if name == "eval":
+        from pipelines.bench import eval as ev
+
+        r = ev.bench(work, repeats=args.repeats, quick=args.quick, n=args.eval_n, concurrency=args.concurrency,
+                     adapter=args.adapter, port=args.port, data_source=args.data,
+                     with_vllm_bench=not args.no_vllm_bench)
+        return r, ev.render(r)
+    from pipelines.bench import convert
+
+    r = convert.bench(work, repeats=args.repeats, quick=args.quick, launches=args.launches, port=args.port,
+                      adapter=args.adapter)
+    return r, convert.render(r)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""What every benchmark shares: summaries (median/min/max), ratios, tables, result files, measured children."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from pipelines.paths import ROOT
+
+RESULTS_DIR = ROOT / "bench" / "results"
+#: Bump when a benchmark changes what it measures: results of different versions do not compare.
+BENCH_VERSION = "1"
+
+
+# ---------------------------------------------------------------- pure: summaries and tables
+
+
+def summarise(values: Sequence[float]) -> dict[str, Any]:
+    """median, min and max of the repeats of one figure (and the raw values, in run order)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("no values to summarise")
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals), "values": vals}
+
+
+def summarise_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One summary per numeric figure found in every run (figure -> summarise of its values)."""
+    if not runs:
+        return {}
+    keys = [k for k, v in runs[0].items() if _is_number(v) and all(_is_number(r.get(k)) for r in runs)]
+    return {k: summarise([r[k] for r in runs]) for k in keys}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    """ours / theirs (a figure where higher is better), or None when either is missing or theirs is 0."""
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return ours / theirs
+
+
+def median_of(summary: Mapping[str, Mapping[str, Any]], figure: str) -> float | None:
+    """The median of `figure` in a summary made by `summarise_runs`, or None."""
+    s = summary.get(figure)
+    return None if s is None else s["median"]
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A figure for a table: 3 significant digits (integers above 1000 as integers), `-` for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    v = float(value)
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}g}"
+
+
+def spread(s: Mapping[str, Any] | None) -> str:
+    """`median (min–max)` of a summary, or the median alone for one repeat."""
+    if s is None:
+        return "-"
+    if s["n"] == 1 or s["min"] == s["max"]:
+        return fmt(s["median"])
+    return f"{fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])})"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table (which also reads well in a terminal)."""
+    rows = [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+# ---------------------------------------------------------------- result files
+
+
+def write_result(name: str, result: Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
+    """Write `results_dir/<name>.json` atomically; returns its path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_result(name: str, results_dir: Path = RESULTS_DIR) -> dict[str, Any] | None:
+    path = results_dir / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """The machine a result was measured on: CPU, usable cores, memory, load, versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    vllm_version = None
+    vllm_meta = list((ROOT / ".venv-vllm").glob("lib/python*/site-packages/vllm*.dist-info/METADATA"))
+    for m in vllm_meta:
+        for line in m.read_text(errors="replace").splitlines():
+            if line.startswith("Version:"):
+                vllm_version = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "memory_gib": mem_gib,
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "llamafactory": _version("llamafactory"),
+        "vllm": vllm_version,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def envelope(name: str, *, quick: bool, repeats: int, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The common head of a result file."""
+    return {
+        "benchmark": name,
+        "bench_version": BENCH_VERSION,
+        "mode": "quick (small sizes: noisy, not for comparison)" if quick else "full",
+        "quick": quick,
+        "repeats": repeats,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "settings": dict(settings),
+    }
+
+
+# ---------------------------------------------------------------- measured child processes
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    seconds: float
+    peak_rss_mib: float  # the child's peak resident set (VmHWM), polled while it runs
+    cpu_seconds: float  # user + system CPU time of the child and its waited-for descendants
+    log: Path
+
+
+def vm_hwm_mib(pid: int) -> float | None:
+    """The peak resident set (VmHWM) of a live process, in MiB; None when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def run_child(cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = None, cwd: Path = ROOT,
+              timeout: float | None = None, poll: float = 0.05) -> ChildRun:
+    """Run `cmd` with its output in `log`; its wall time, CPU time and peak RSS.
+
+    The peak RSS is the child's VmHWM, polled every `poll` s (the child's own memory only: wait4's ru_maxrss would
+    also count the benchmark's own pages that the child held between fork and exec).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    peak = None
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(env) if env is not None else None, cwd=cwd)
+        deadline = None if timeout is None else t0 + timeout
+        while True:
+            hwm = vm_hwm_mib(proc.pid)
+            if hwm is not None:
+                peak = hwm if peak is None else max(peak, hwm)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(poll)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    if peak is None:  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
+        peak = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    return ChildRun(proc.returncode, seconds, peak, usage.ru_utime + usage.ru_stime, log)
+
+
+def tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run; one sentence naming what to do."""
+
+
+def check_child(run: ChildRun, what: str) -> None:
+    if run.returncode != 0:
+        raise BenchError(f"{what} failed with exit code {run.returncode}; its log `{run.log}` ends:\n{tail(run.log)}")
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of `values`."""
+    vals = sorted(values)
+    if not vals:
+        raise ValueError("no values")
+    k = (len(vals) - 1) * pct / 100
+    lo = int(k)
+    hi = min(lo + 1, len(vals) - 1)
+    return vals[lo] + (vals[hi] - vals[lo]) * (k - lo)

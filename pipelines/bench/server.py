@@ -1,0 +1,113 @@
+"""A vLLM server of the tiny base + one LoRA adapter for the benchmarks, through the project's launcher."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pipelines import lfcli
+from pipelines.bench import common
+from pipelines.paths import ROOT, TINY_BASE
+
+BASE_NAME = "tiny-base"
+ADAPTER_NAME = "cluener"
+DEFAULT_ADAPTER = ROOT / "saves" / "tiny" / "lora" / "cluener"
+CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_adapter(work: Path, data_dir: Path, adapter: str | None, *, samples: int = 128, echo=print) -> Path:
+    """`adapter` if given, else saves/tiny/lora/cluener if `make train` made it, else one trained into `work`."""
+    if adapter:
+        return Path(adapter)
+    if (DEFAULT_ADAPTER / "adapter_config.json").is_file():
+        return DEFAULT_ADAPTER
+    out = work.parent / "adapter"  # shared by the benchmarks of one run (their work folders are siblings)
+    if (out / "adapter_config.json").is_file():
+        return out
+    echo(f"bench: no adapter at {DEFAULT_ADAPTER}; training one ({samples} samples, 1 epoch) into {out}")
+    overrides = [f"dataset_dir={data_dir}", f"max_samples={samples}", "num_train_epochs=1", "eval_dataset=null",
+                 "do_eval=false", f"output_dir={out}", "report_to=none", "plot_loss=false", "logging_steps=1000"]
+    run = common.run_child(lfcli.cli("train", str(CONFIG), *overrides), work.parent / "adapter.log",
+                           env=lfcli.cli_env())
+    common.check_child(run, "training the benchmark's adapter")
+    return out
+
+
+def serve_config(adapter: Path, port: int):
+    from pipelines.serve_config import from_dict
+
+    return from_dict({
+        "model": str(Path(TINY_BASE)), "served_model_name": BASE_NAME, "adapters": {ADAPTER_NAME: str(adapter)},
+        "host": "127.0.0.1", "port": port, "max_model_len": 1024, "dtype": "float32", "cpu_kvcache_space": 1,
+        "startup_timeout": 900,
+    }, source="<bench>")
+
+
+@dataclass
+class Running:
+    base_url: str  # ends in /v1
+    root_url: str
+    pid: int
+    ready_seconds: float
+    rss_at_ready_mib: float
+    pss_at_ready_mib: float
+    port: int
+
+
+def group_memory_mib(pgid: int) -> dict[str, float]:
+    """Memory of the server's process group in MiB, summed over its live processes: `rss` (VmRSS: shared pages
+    count once per process), `pss` (proportional set size: shared pages split, the group's real footprint) and
+    `hwm` (VmHWM, each process's peak RSS)."""
+    from pipelines.serve import group_members
+
+    total = {"rss": 0.0, "pss": 0.0, "hwm": 0.0}
+    for pid in group_members(pgid):
+        for name, keys in ((f"/proc/{pid}/status", {"VmRSS:": "rss", "VmHWM:": "hwm"}),
+                           (f"/proc/{pid}/smaps_rollup", {"Pss:": "pss"})):
+            try:
+                for line in Path(name).read_text().splitlines():
+                    parts = line.split()  # "VmRSS:\t  2877 kB", "Pss:   1234 kB"
+                    key = keys.get(parts[0]) if parts else None
+                    if key:
+                        total[key] += int(parts[1]) / 1024
+            except OSError:
+                continue
+    return total
+
+
+@contextlib.contextmanager
+def running(adapter: Path, work: Path, port: int | None = None, echo=print) -> Iterator[Running]:
+    """Start the server with `pipelines.serve.start`, yield it, always stop it."""
+    from pipelines import serve
+
+    port = port or free_port()
+    cfg = serve_config(adapter, port)
+    run_dir = work / "serve"
+    echo(f"bench: starting vLLM on port {port} …")
+    served = serve.start(cfg, run_dir=run_dir, echo=lambda s: None)
+    try:
+        mem = group_memory_mib(served.pid)
+        echo(f"bench: server ready in {served.seconds:.1f} s, RSS {mem['rss']:.0f} MiB (PSS {mem['pss']:.0f} MiB)")
+        yield Running(served.base_url, served.base_url[: -len("/v1")], served.pid, served.seconds, mem["rss"],
+                      mem["pss"], port)
+    finally:
+        try:
+            serve.stop(port, run_dir, grace=15.0)
+        except Exception as e:  # noqa: BLE001 - report, never leave the caller without its result
+            print(f"bench: stopping the server on port {port} failed: {e}", file=sys.stderr)
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return path

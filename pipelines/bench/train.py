@@ -1,0 +1,220 @@
+"""Benchmark 1: LoRA training, `llamafactory-cli train` (ours) vs the seeds' hand-written loop (theirs).
+
+Both sides train the same first N CLUENER records for the same epochs (so the same steps), batch 16, lr 1e-4,
+AdamW, fp32, the same LoRA (rank, alpha, dropout, all seven projections, from `--config`), the same tokenizer
+and chat template, each in its own process. Ours is the project's config with overrides: dynamic padding
+(LLaMA-Factory's collator), `train_sampling_strategy=group_by_length`, no gradient checkpointing (the tiny model
+needs no memory saving), and the baseline's optimiser settings (constant lr, weight decay 0.01, no clipping)
+so that both sides do the same maths. Theirs pads every sample to max_source + max_target + 1.
+
+Figures per side: samples/s and non-pad tokens/s over the training loop (model loading and tokenising
+excluded on both sides), wall time of the whole process, peak RSS. `ratio` = ours / theirs samples/s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines import lfcli
+from pipelines.bench import common, seeds
+from pipelines.bench.data import prepare
+from pipelines.paths import ROOT, TINY_BASE
+
+DEFAULT_CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
+FULL = {"samples": 480, "epochs": 1}
+QUICK = {"samples": 64, "epochs": 1}
+BATCH = 16
+LR = 1e-4
+
+
+def ours_overrides(*, model: str, data_dir: Path, out_dir: Path, samples: int, epochs: int,
+                   group_by_length: bool = True, dataset: str = "cluener_train") -> list[str]:
+    """The `key=value` overrides of the project's LoRA config for the benchmark (pure)."""
+    o = {
+        "model_name_or_path": model,
+        "dataset": dataset, "dataset_dir": str(data_dir), "eval_dataset": "null", "do_eval": "false",
+        "max_samples": samples, "num_train_epochs": epochs, "cutoff_len": 1024,
+        "per_device_train_batch_size": BATCH, "gradient_accumulation_steps": 1,
+        "learning_rate": LR, "lr_scheduler_type": "constant", "warmup_ratio": 0, "weight_decay": 0.01,
+        "max_grad_norm": 0,
+        "disable_gradient_checkpointing": "true",
+        "include_num_input_tokens_seen": "non_padding",
+        "dataloader_num_workers": 0, "preprocessing_num_workers": 1, "overwrite_cache": "true",
+        "output_dir": str(out_dir), "overwrite_output_dir": "true", "save_strategy": "'no'",
+        "logging_steps": 1000, "plot_loss": "false", "report_to": "none", "seed": 0,
+    }
+    if group_by_length:
+        o["train_sampling_strategy"] = "group_by_length"
+    return [f"{k}={v}" for k, v in o.items()]
+
+
+def lora_settings(config: Path) -> dict[str, Any]:
+    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    return {"rank": int(raw.get("lora_rank", 8)), "alpha": int(raw.get("lora_alpha", 16)),
+            "dropout": float(raw.get("lora_dropout", 0.0)), "target": raw.get("lora_target", "all")}
+
+
+def run_ours(config: Path, overrides: list[str], work: Path, tag: str, samples: int) -> dict[str, Any]:
+    """One `llamafactory-cli train` run; `samples` = records x epochs (HF rounds its samples/s to 3 decimals)."""
+    out_dir = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir=")))
+    run = common.run_child(lfcli.cli("train", str(config), *overrides), work / f"ours-{tag}.log", env=lfcli.cli_env())
+    common.check_child(run, "`llamafactory-cli train` (ours)")
+    res = json.loads((out_dir / "all_results.json").read_text())
+    state = json.loads((out_dir / "trainer_state.json").read_text())
+    seconds = res["train_runtime"]
+    tokens = state.get("num_input_tokens_seen") or res.get("num_input_tokens_seen")
+    return {
+        "samples_per_s": samples / seconds,
+        "tokens_per_s": tokens / seconds if tokens else None,
+        "train_seconds": seconds,
+        "process_seconds": run.seconds,
+        "process_cpu_s": run.cpu_seconds,
+        "peak_rss_mib": run.peak_rss_mib,
+        "steps": state.get("global_step"),
+        "samples": samples,
+        "tokens": tokens,
+        "train_loss_mean": res.get("train_loss"),
+    }
+
+
+def run_theirs(args: list[str], work: Path, tag: str) -> dict[str, Any]:
+    out = work / f"theirs-{tag}.json"
+    cmd = [sys.executable, "-m", "pipelines.bench.seeds", "train", *args, "--out", str(out)]
+    run = common.run_child(cmd, work / f"theirs-{tag}.log", env=lfcli.cli_env())
+    common.check_child(run, "the seeds' training loop (theirs)")
+    res = json.loads(out.read_text())
+    return {**res, "process_seconds": run.seconds, "process_cpu_s": run.cpu_seconds, "peak_rss_mib": run.peak_rss_mib}
+
+
+SCENARIOS = {
+    "project": "the project's records: system + the instruction listing the 10 types + the text",
+    "seeds_prompt": "the same records with the seeds' short prompt: the one-line system instruction, user = the text",
+}
+
+
+def seeds_prompt_records(records: list[dict]) -> list[dict]:
+    """The same samples in the seeds' prompt shape (dict form): system = the one-line instruction, user = text."""
+    return [{"id": r["id"], "system": r["system"], "instruction": r["input"] or r["instruction"], "input": "",
+             "output": r["output"]} for r in records]
+
+
+def write_seeds_prompt_data(data_dir: Path) -> Path:
+    """`data_dir/cluener_seedsprompt_train.json` and its dataset_info entry; the file."""
+    from pipelines.convert import update_dataset_info
+
+    records = json.loads((data_dir / "cluener_train.json").read_text(encoding="utf-8"))
+    path = data_dir / "cluener_seedsprompt_train.json"
+    path.write_text(json.dumps(seeds_prompt_records(records), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    update_dataset_info(data_dir / "dataset_info.json", "cluener_seedsprompt", ["train"])
+    return path
+
+
+def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, config: Path = DEFAULT_CONFIG,
+          samples: int | None = None, epochs: int | None = None, data_source: str = "auto",
+          max_source: int = 0, max_target: int = seeds.SEED_MAX_TARGET, group_by_length: bool = True,
+          scenarios: tuple[str, ...] = tuple(SCENARIOS), echo=print) -> dict[str, Any]:
+    size = QUICK if quick else FULL
+    samples = samples or size["samples"]
+    epochs = epochs or size["epochs"]
+    data = prepare(work, data_source)
+    write_seeds_prompt_data(data.dir)
+    lora = lora_settings(config)
+    echo(f"train: {samples} samples x {epochs} epoch(s), batch {BATCH}, LoRA r{lora['rank']}, "
+         f"{data.source} CLUENER ({data.train_records} train records), {repeats} repeat(s)")
+    per: dict[str, Any] = {}
+    for scenario in scenarios:
+        dataset = {"project": "cluener_train", "seeds_prompt": "cluener_seedsprompt_train"}[scenario]
+        their_args = ["--model", model, "--data", str(data.dir / f"{dataset}.json"), "--samples", str(samples),
+                      "--epochs", str(epochs), "--batch-size", str(BATCH), "--lr", str(LR),
+                      "--max-source", str(max_source), "--max-target", str(max_target),
+                      "--lora-rank", str(lora["rank"]), "--lora-alpha", str(lora["alpha"]),
+                      "--lora-dropout", str(lora["dropout"])]
+        ours_runs, their_runs = [], []
+        for i in range(repeats):
+            for side in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
+                echo(f"train [{scenario}]: repeat {i + 1}/{repeats}: {side} …")
+                tag = f"{scenario}-{i}"
+                if side == "ours":
+                    ov = ours_overrides(model=model, data_dir=data.dir, out_dir=work / f"ours-out-{tag}",
+                                        samples=samples, epochs=epochs, group_by_length=group_by_length,
+                                        dataset=dataset)
+                    r = run_ours(config, ov, work, tag, samples * epochs)
+                    ours_runs.append(r)
+                else:
+                    r = run_theirs(their_args, work, tag)
+                    their_runs.append(r)
+                echo(f"train [{scenario}]:   {side}: {r['samples_per_s']:.2f} samples/s, "
+                     f"{r['tokens_per_s'] or 0:.0f} tokens/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+        ours, theirs = common.summarise_runs(ours_runs), common.summarise_runs(their_runs)
+        med = common.median_of
+        last = their_runs[-1]
+        per[scenario] = {
+            "description": SCENARIOS[scenario],
+            "dataset": dataset,
+            "ratio": common.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
+            "ratios": {
+                "samples_per_s": common.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
+                "tokens_per_s": common.ratio(med(ours, "tokens_per_s"), med(theirs, "tokens_per_s")),
+                "peak_rss (theirs/ours)": common.ratio(med(theirs, "peak_rss_mib"), med(ours, "peak_rss_mib")),
+            },
+            "theirs_padding": {
+                "max_source": last["max_source"], "max_target": last["max_target"],
+                "longest_prompt": last["longest_prompt"], "longest_response": last["longest_response"],
+                "mean_prompt": last.get("mean_prompt"), "mean_response": last.get("mean_response"),
+                "prompts_longer_than_seed_max_source": last.get("prompts_longer_than_seed_max_source"),
+                "prompts_truncated": last["prompts_truncated"], "responses_truncated": last["responses_truncated"],
+                "pad_fraction": last["pad_fraction"],
+            },
+            "ours": ours, "theirs": theirs, "runs": {"ours": ours_runs, "theirs": their_runs},
+        }
+    result = common.envelope("train", quick=quick, repeats=repeats, settings={
+        "model": model, "config": _rel(config),
+        "data": {"source": data.source, "raw": str(data.raw), "records": samples},
+        "samples": samples, "epochs": epochs, "batch_size": BATCH, "learning_rate": LR, "lora": lora,
+        "ours_overrides": ours_overrides(model=model, data_dir=Path("<work>/data"), out_dir=Path("<work>/out"),
+                                         samples=samples, epochs=epochs, group_by_length=group_by_length),
+        "theirs_max_source_rule": "the longest rendered prompt of the samples: the seeds' 80 was their longest "
+                                  "prompt; the project's prompts carry the type list in the user turn, so 80 would "
+                                  "cut them (see prompts_longer_than_seed_max_source)" if max_source == 0
+                                  else f"given: {max_source}",
+        "theirs_dataloader_workers": 0,
+        "threads": lfcli.cli_env().get("OMP_NUM_THREADS"),
+    })
+    head = per.get("project") or next(iter(per.values()))
+    result.update({"ratio": head["ratio"], "ratio_scenario": "project" if "project" in per else scenarios[0],
+                   "ratios": head["ratios"], "target_ratio": 1.5, "ours": head["ours"], "theirs": head["theirs"],
+                   "scenarios": per})
+    return result
+
+
+def _rel(path: Path) -> str:
+    path = Path(path)
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+FIGURES = [("samples/s", "samples_per_s"), ("tokens/s (non-pad)", "tokens_per_s"),
+           ("train loop s", "train_seconds"), ("process wall s", "process_seconds"),
+           ("process CPU s", "process_cpu_s"), ("peak RSS MiB", "peak_rss_mib")]
+
+
+def render(result: dict[str, Any]) -> str:
+    parts = []
+    for name, sc in result["scenarios"].items():
+        rows = [[label, common.spread(sc["ours"].get(k)), common.spread(sc["theirs"].get(k))] for label, k in FIGURES]
+        r, pad = sc["ratios"], sc["theirs_padding"]
+        parts.append(
+            f"train, {name}: {sc['description']}\n"
+            + common.table(["figure", "ours (LLaMA-Factory)", "theirs (seeds' loop)"], rows)
+            + f"\nratio samples/s ours/theirs: {common.fmt(r['samples_per_s'])} (target ≥ {result['target_ratio']}); "
+            f"tokens/s: {common.fmt(r['tokens_per_s'])}; "
+            f"peak RSS theirs/ours: {common.fmt(r['peak_rss (theirs/ours)'])}"
+            f"\nsamples: prompt {common.fmt(pad.get('mean_prompt'))} tokens on average (longest {pad['longest_prompt']}), "
+            f"answer {common.fmt(pad.get('mean_response'))} (longest {pad['longest_response']}); theirs pads every "
+            f"sample to {pad['max_source']}+{pad['max_target']}+1 = {pad['max_source'] + pad['max_target'] + 1}, "
+            f"{pad['pad_fraction']:.0%} of its positions are padding")
+    return "\n\n".join(parts)
