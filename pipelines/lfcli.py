@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.paths import ROOT, VENV, venv_bin
 
 
-def cli_env(extra: dict[str, str] | None = None, offline: bool = True) -> dict[str, str]:
-    """The environment for llamafactory-cli: thread count set, no version nagging, no hub when offline."""
-    env = dict(os.environ)
+def cli_env(extra: dict[str, str] | None = None, offline: bool = True,
+            base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for llamafactory-cli: thread count set, no version nagging, no hub when offline.
+
+    Built from `base` (default: this process's environment), so that callers can build it purely."""
+    env = dict(os.environ if base is None else base)
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("DISABLE_VERSION_CHECK", "1")

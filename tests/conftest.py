@@ -22,3 +22,44 @@ def tiny_base_dir(tiny_model_dir: Path) -> Path:
     """models/tiny-qwen2-base: the tiny model after its CPU pre-training (about a minute, cached)."""
     assert tiny_base.main(["--model", str(tiny_model_dir), "--out", TINY_BASE]) == 0
     return Path(TINY_BASE)
+
+
+# ---- training (issue 4) -------------------------------------------------------------------------------------
+
+#: Overrides that keep a fixture training run of conf/tiny_lora_*.yaml to some seconds on the CPU.
+QUICK_TRAIN = ["max_samples=48", "num_train_epochs=1", "per_device_train_batch_size=8", "logging_steps=1",
+               "plot_loss=false"]
+
+
+def train_environ(**extra: str) -> dict[str, str]:
+    """This process's environment without the launch variables a developer may have exported, plus `extra`."""
+    import os
+
+    drop = ("RESUME", "DEEPSPEED", "DRY_RUN", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
+@pytest.fixture(scope="session")
+def converted_data_dir(tmp_path_factory) -> Path:
+    """cluener and ruozhiba samples converted (`pipelines.convert`) into a temporary dataset_dir."""
+    from pipelines import convert
+    from pipelines.paths import RAW_DIR
+
+    out = tmp_path_factory.mktemp("converted-data")
+    assert convert.main(["cluener", "--raw", str(RAW_DIR / "cluener_sample"), "--out-dir", str(out)]) == 0
+    assert convert.main(["ruozhiba", "--raw", str(RAW_DIR / "ruozhiba_sample.json"), "--out-dir", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cluener_adapter(tmp_path_factory, tiny_base_dir: Path, converted_data_dir: Path) -> Path:
+    """A LoRA adapter of the tiny base trained for real by `pipelines.train` (llamafactory-cli) from
+    conf/tiny_lora_cluener.yaml, cut down to 48 samples and one epoch; its manifest lies beside it."""
+    from pipelines import train
+
+    out = tmp_path_factory.mktemp("train") / "cluener"
+    rc = train.main(["conf/tiny_lora_cluener.yaml", f"model_name_or_path={tiny_base_dir}",
+                     f"dataset_dir={converted_data_dir}", f"output_dir={out}", *QUICK_TRAIN],
+                    environ=train_environ())
+    assert rc == 0, "training the tiny cluener adapter failed; see the output above"
+    return out

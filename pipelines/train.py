@@ -1,0 +1,315 @@
+"""`make train`: check a config, then train it with `llamafactory-cli train`, and write a manifest beside the result.
+
+    python -m pipelines.train CONFIG [key=value …] [--no-check] [--dry-run]
+
+Environment (the Makefile passes these through):
+    RESUME=1                 continue from the latest `checkpoint-N` of `output_dir`
+                             (`resume_from_checkpoint=… overwrite_output_dir=false` are appended)
+    DEEPSPEED=PATH           appends `deepspeed=PATH` (e.g. conf/deepspeed/ds_z3_config.json) and uses torchrun
+    NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT
+                             reach LLaMA-Factory's own torchrun launcher (`llamafactory/launcher.py`), which
+                             reads them when FORCE_TORCHRUN=1; that is set when NPROC_PER_NODE > 1, NNODES > 1
+                             or DEEPSPEED is given. Empty values (as `make` exports unset variables) are dropped.
+    DRY_RUN=1                print the command and the launcher's environment, run nothing
+
+`build_launch` is the pure core: (config, overrides, environment) → (argv, env). The manifest,
+`OUTPUT_DIR/pipelines_manifest.json`, records the merged config, the command, the git revision, the sha256 of
+every dataset file, the package versions, start and end time, and the final train/eval loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from pipelines import check, lfcli
+from pipelines.paths import ROOT
+
+MANIFEST = "pipelines_manifest.json"
+DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
+PACKAGES = ("llamafactory", "transformers", "peft", "torch", "accelerate", "datasets", "trl", "tokenizers",
+            "deepspeed", "pipelines")
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainError(Exception):
+    """A one-sentence problem with the launch settings; `main` prints it without a traceback."""
+
+
+def truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _int_var(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TrainError(f"`{name}={raw}` is not a whole number; set it to e.g. `{name}={max(minimum, 1)}`.") from None
+    if value < minimum:
+        raise TrainError(f"`{name}={raw}` must be at least {minimum}.")
+    return value
+
+
+def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], resume_from: str | None = None,
+                 offline: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The llamafactory-cli command line and its environment. Pure: reads nothing but its arguments."""
+    nproc = _int_var(environ, "NPROC_PER_NODE", 1)
+    nnodes = _int_var(environ, "NNODES", 1)
+    node_rank = _int_var(environ, "NODE_RANK", 0)
+    _int_var(environ, "MASTER_PORT", 1)
+    if node_rank is not None and node_rank >= (nnodes or 1):
+        raise TrainError(f"`NODE_RANK={node_rank}` must be below `NNODES={nnodes or 1}`; number the nodes 0 … "
+                         "NNODES-1.")
+    if (nnodes or 1) > 1 and not environ.get("MASTER_ADDR"):
+        raise TrainError(f"`NNODES={nnodes}` needs `MASTER_ADDR`, the address of the node with NODE_RANK=0, "
+                         "on every node.")
+    deepspeed = environ.get("DEEPSPEED") or None
+
+    args = [str(config), *overrides]
+    if deepspeed:
+        args.append(f"deepspeed={deepspeed}")
+    if resume_from:
+        args += [f"resume_from_checkpoint={resume_from}", "overwrite_output_dir=false"]
+
+    env = lfcli.cli_env(offline=offline, base=environ)
+    for name in DIST_VARS:
+        if not env.get(name):
+            env.pop(name, None)
+    for name in CONTROL_VARS:
+        env.pop(name, None)
+    if deepspeed or (nproc or 1) > 1 or (nnodes or 1) > 1:
+        env["FORCE_TORCHRUN"] = "1"
+    return lfcli.cli("train", *args), env
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The `checkpoint-N` folder of output_dir with the largest N that holds a trainer state."""
+    if not output_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
+             if p.is_dir() and (m := CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def ensure_tiny_model(cfg: Mapping) -> None:
+    """A fresh clone has no tiny model yet: build it (`make tiny-base`, cached) when the config names it."""
+    from pipelines.paths import TINY_BASE, TINY_MODEL
+
+    model = str(cfg.get("model_name_or_path") or "")
+    if not model or (check.resolve(model) / "config.json").is_file():
+        return
+    target = check.resolve(model).resolve()
+    if target == Path(TINY_BASE).resolve():
+        from pipelines import tiny_base
+
+        print(f"train: `{model}` is missing; building it first (`make tiny-base`) …", flush=True)
+        if tiny_base.main(["--out", str(target)]) != 0:
+            raise TrainError("`make tiny-base` failed; see its output above.")
+    elif target == Path(TINY_MODEL).resolve():
+        from pipelines import tiny_model
+
+        print(f"train: `{model}` is missing; building it first (`make tiny-model`) …", flush=True)
+        if tiny_model.main(["--out", str(target)]) != 0:
+            raise TrainError("`make tiny-model` failed; see its output above.")
+
+
+# ------------------------------------------------------------------------------------------------- manifest
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dataset_files(cfg: Mapping) -> dict[str, dict]:
+    """name → {file, sha256} for every dataset/eval_dataset of the config that is a local file."""
+    dataset_dir = check.resolve(str(cfg.get("dataset_dir") or "data"))
+    info_path = dataset_dir / "dataset_info.json"
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    out = {"dataset_info.json": {"file": _rel(info_path), "sha256": sha256_file(info_path)}}
+    for name in check.as_list(cfg.get("dataset")) + check.as_list(cfg.get("eval_dataset")):
+        file_name = (info.get(name) or {}).get("file_name")
+        path = dataset_dir / file_name if file_name else None
+        if path and path.is_file():
+            out[name] = {"file": _rel(path), "sha256": sha256_file(path)}
+        elif path and path.is_dir():
+            h = hashlib.sha256()
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(f"{f.relative_to(path)}\0{sha256_file(f)}\n".encode())
+            out[name] = {"file": _rel(path), "sha256": h.hexdigest()}
+    return out
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def git_revision(root: Path = ROOT) -> dict:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    rev = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"revision": rev, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def final_losses(output_dir: Path) -> dict:
+    """train/eval loss of the finished run: all_results.json, and the last logged values of trainer_state.json."""
+    out: dict = {}
+    results = output_dir / "all_results.json"
+    if results.is_file():
+        data = json.loads(results.read_text(encoding="utf-8"))
+        out.update({k: data[k] for k in ("train_loss", "eval_loss", "train_runtime", "epoch") if k in data})
+    state = output_dir / "trainer_state.json"
+    if state.is_file():
+        data = json.loads(state.read_text(encoding="utf-8"))
+        history = data.get("log_history", [])
+        out["global_step"] = data.get("global_step")
+        last_loss = next((h for h in reversed(history) if "loss" in h), None)
+        last_eval = next((h for h in reversed(history) if "eval_loss" in h), None)
+        if last_loss:
+            out["last_logged_loss"] = last_loss["loss"]
+            out["last_logged_step"] = last_loss.get("step")
+        if last_eval and "eval_loss" not in out:
+            out["eval_loss"] = last_eval["eval_loss"]
+    return out
+
+
+def write_manifest(output_dir: Path, *, config: str, overrides: list[str], cfg: Mapping, argv: list[str],
+                   env: Mapping[str, str], started: float, ended: float, exit_code: int,
+                   resumed_from: str | None) -> Path:
+    manifest = {
+        "config_file": config,
+        "overrides": overrides,
+        "config": dict(cfg),
+        "command": [a.replace(str(ROOT) + "/", "") for a in argv],
+        "launcher_env": {k: env[k] for k in (*DIST_VARS, "FORCE_TORCHRUN") if k in env},
+        "resumed_from": resumed_from,
+        "git": git_revision(),
+        "datasets": dataset_files(cfg),
+        "packages": package_versions(),
+        "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
+        "ended": datetime.fromtimestamp(ended, UTC).isoformat(timespec="seconds"),
+        "duration_s": round(ended - started, 1),
+        "exit_code": exit_code,
+        "results": final_losses(output_dir),
+    }
+    path = output_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.train", description=__doc__.splitlines()[0])
+    ap.add_argument("config", metavar="CONFIG", help="a LLaMA-Factory YAML of conf/")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, as llamafactory-cli takes them")
+    ap.add_argument("--no-check", action="store_true", help="skip `pipelines.check` (it runs first by default)")
+    ap.add_argument("--dry-run", action="store_true", help="print the command and its environment (or DRY_RUN=1)")
+    args = ap.parse_intermixed_args(argv)
+    environ = dict(os.environ if environ is None else environ)
+    dry_run = args.dry_run or truthy(environ.get("DRY_RUN"))
+    resume = truthy(environ.get("RESUME"))
+    ds = environ.get("DEEPSPEED")
+    checked = args.overrides + ([f"deepspeed={ds}"] if ds else [])
+
+    try:
+        config_path = check.find_config(args.config)
+        ensure_tiny_model(check.load_config(config_path, checked))
+        if args.no_check:
+            cfg = check.load_config(config_path, checked)
+        else:
+            report = check.check_config(config_path, checked)
+            print(report.render(), file=sys.stdout if report.ok else sys.stderr, flush=True)
+            if not report.ok:
+                print(f"train: not launched; fix the problems above (`make check CONFIG={args.config}`).",
+                      file=sys.stderr)
+                return 1
+            cfg = report.merged
+        output_dir = check.resolve(str(cfg.get("output_dir") or ""))
+        if not cfg.get("output_dir"):
+            raise TrainError(f"`output_dir` is not set in `{args.config}`; add e.g. `output_dir: saves/…`.")
+        resume_from = None
+        if resume:
+            ckpt = latest_checkpoint(output_dir)
+            if ckpt is None:
+                saves = str(cfg.get("save_strategy", "steps")).lower()
+                why = (" (the config saves none: `save_strategy: no`; set `save_strategy=steps save_steps=N`)"
+                       if saves == "no" else "")
+                raise TrainError(f"`RESUME=1` but `{cfg['output_dir']}` holds no `checkpoint-N`{why}; "
+                                 "run without RESUME to start over.")
+            resume_from = _rel(ckpt)
+        model = str(cfg.get("model_name_or_path") or "")
+        cmd, env = build_launch(_rel(config_path), args.overrides, environ, resume_from,
+                                offline=check.is_local_model(model) if model else True)
+    except (check.CheckError, TrainError) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+
+    if dry_run:
+        shown = {k: env[k] for k in (*DIST_VARS, "FORCE_TORCHRUN", "HF_HUB_OFFLINE") if k in env}
+        print("$", " ".join(a.replace(str(ROOT) + "/", "") for a in cmd))
+        print("  env:", " ".join(f"{k}={v}" for k, v in shown.items()) or "(defaults)")
+        return 0
+
+    final_cfg = dict(cfg)
+    if resume_from:
+        final_cfg.update(resume_from_checkpoint=resume_from, overwrite_output_dir=False)
+    started = time.time()
+    rc = lfcli.run(cmd, env=env)
+    ended = time.time()
+    writer = (environ.get("NODE_RANK") or "0") == "0"
+    if writer and output_dir.is_dir():
+        path = write_manifest(output_dir, config=args.config, overrides=args.overrides, cfg=final_cfg, argv=cmd,
+                              env=env, started=started, ended=ended, exit_code=rc, resumed_from=resume_from)
+        results = json.loads(path.read_text(encoding="utf-8"))["results"]
+        losses = ", ".join(f"{k} {results[k]:.4f}" for k in ("train_loss", "eval_loss") if k in results)
+        print(f"train: {'wrote' if rc == 0 else 'failed;'} {_rel(output_dir)} in {ended - started:.0f} s"
+              f"{' (' + losses + ')' if losses else ''}; manifest {_rel(path)}", flush=True)
+    if rc != 0:
+        print(f"train: `llamafactory-cli train {args.config}` failed with exit {rc}; see its output above.",
+              file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
