@@ -23,6 +23,10 @@ from pipelines.paths import TINY_MODEL
 SEED = 0
 VOCAB_SIZE = 6000  # BPE merges target; the embedding is padded to a multiple of 64
 TOKENIZER_PROMPT_REPEATS = 10
+# At most 6 bytes (two CJK characters) per token. Trained on a few thousand documents, unbounded BPE merges
+# whole CLUENER sentences into 1–4 tokens, and a model cannot copy an entity out of a token that holds it
+# together with its neighbours (measured: valid JSON 0.21 → 1.00, type-F1 0.21 → 0.80 with this bound).
+MAX_TOKEN_BYTES = 6
 ARCH = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=2048, rope_theta=1000000.0, rms_norm_eps=1e-6,
             tie_word_embeddings=True, initializer_range=0.02)
@@ -63,7 +67,7 @@ def tokenizer_corpus(docs: list[str]) -> list[str]:
 
 def spec_digest(docs: list[str]) -> str:
     """Everything the built model depends on; a rebuild happens only when this changes."""
-    h = hashlib.sha256(json.dumps([SEED, VOCAB_SIZE, ARCH, SPECIAL_TOKENS, CHAT_TEMPLATE, PRETOKENIZE]).encode())
+    h = hashlib.sha256(json.dumps([SEED, VOCAB_SIZE, MAX_TOKEN_BYTES, ARCH, SPECIAL_TOKENS, CHAT_TEMPLATE, PRETOKENIZE]).encode())
     for d in docs:
         h.update(d.encode("utf-8") + b"\0")
     return h.hexdigest()
@@ -80,6 +84,7 @@ def train_tokenizer(docs: list[str]):
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+                                  max_token_length=MAX_TOKEN_BYTES,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(docs, trainer=trainer)
     return tok
