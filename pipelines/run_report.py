@@ -105,9 +105,9 @@ def write(run_dir: Path, base: str) -> Path:
         adapter = run_dir / "adapters" / task
         manifest = adapter / "pipelines_manifest.json"
         if manifest.exists():
-            m = json.loads(manifest.read_text(encoding="utf-8"))
-            losses = {k: m.get(k) for k in ("train_loss", "eval_loss") if m.get(k) is not None}
-            lines.append(f"- `{task}` adapter: final " + ", ".join(f"{k} {_num(v)}" for k, v in losses.items()))
+            res = json.loads(manifest.read_text(encoding="utf-8")).get("results") or {}
+            figures = {k: res[k] for k in ("train_loss", "eval_loss", "train_runtime", "global_step") if k in res}
+            lines.append(f"- `{task}` adapter: " + ", ".join(f"{k} {_num(v)}" for k, v in figures.items()))
         for png in sorted(adapter.glob("training_*.png")):
             dst = plots / f"{task}-{png.name}"
             shutil.copy2(png, dst)
