@@ -5,7 +5,9 @@ SHELL := /bin/bash
 PYTHON     ?= python3
 PY         := .venv/bin/python
 LLAMAFACTORY := .venv/bin/llamafactory-cli
-MODEL      ?= models/tiny-qwen2-base
+MODEL      ?=
+# the tokenizer/model that lengths, parity and eval use when MODEL= is not given
+MODEL_OR_TINY = $(or $(MODEL),models/tiny-qwen2-base)
 PROFILE    ?= cpu
 CONFIG     ?= conf/tiny_lora_cluener.yaml
 ARGS       ?=
@@ -26,16 +28,20 @@ NPROC_PER_NODE ?=
 DEEPSPEED  ?=
 RESUME     ?=
 DRY_RUN    ?=
+SAMPLES    ?=
+EVAL_LIMIT ?=
+RUN        ?=
 PYTEST_ARGS ?=
 
-export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT DEEPSPEED RESUME DRY_RUN PROFILE MODEL PORT
+export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT DEEPSPEED RESUME DRY_RUN PROFILE MODEL PORT \
+       CLUENER_DIR RUOZHIBA_FILE SAMPLES EVAL_LIMIT RUN
 
 .PHONY: help setup tiny-model tiny-base data download lengths check train export sweep serve serve-status \
         serve-stop lora-load lora-unload eval parity all bench test clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z][a-zA-Z_-]*:.*## /{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: MODEL=$(MODEL) CONFIG=$(CONFIG) SERVE=$(SERVE) PORT=$(PORT) PROFILE=$(PROFILE)"
+	@echo "  variables: MODEL=$(MODEL_OR_TINY) CONFIG=$(CONFIG) SERVE=$(SERVE) PORT=$(PORT) PROFILE=$(PROFILE)"
 
 setup: ## build .venv (LLaMA-Factory) and .venv-vllm (vLLM); a no-op when nothing changed
 	@$(PYTHON) -m pipelines.setup
@@ -56,7 +62,7 @@ download: setup ## fetch the official CLUENER zip and hfl/ruozhiba_gpt4 (needs a
 	@$(PY) -m pipelines.download --out downloads
 
 lengths: ## token lengths of DATASET with MODEL's tokenizer and the training template; suggests cutoff_len
-	@$(PY) -m pipelines.lengths $(DATASET) --model $(MODEL) --dataset-dir $(DATA_DIR)
+	@$(PY) -m pipelines.lengths $(DATASET) --model $(MODEL_OR_TINY) --dataset-dir $(DATA_DIR)
 
 check: ## validate CONFIG (+ ARGS overrides) with LLaMA-Factory's own parser and the project's rules
 	@$(PY) -m pipelines.check $(CONFIG) $(ARGS)
@@ -88,12 +94,12 @@ lora-unload: ## unload adapter NAME= from the running server (only if SERVE allo
 eval: ## check prompt parity with MODEL's tokenizer, then score MODELS served on PORT on EVAL_DATA for TASK into EVAL_OUT (JUDGE= optional)
 	@$(PY) -m pipelines.evaluate --base-url http://127.0.0.1:$(PORT)/v1 --task $(TASK) --data $(EVAL_DATA) \
 	  $(foreach m,$(MODELS),--model $(m)) --out $(EVAL_OUT) $(if $(LIMIT),--limit $(LIMIT)) \
-	  $(if $(MODEL),--tokenizer $(MODEL)) $(if $(JUDGE),--judge $(JUDGE))
+	  --tokenizer $(MODEL_OR_TINY) $(if $(JUDGE),--judge $(JUDGE))
 
 parity: ## check that training (LLaMA-Factory template) and serving (chat template) render identical prompts
-	@$(PY) -m pipelines.parity --model $(MODEL) --data $(EVAL_DATA)
+	@$(PY) -m pipelines.parity --model $(MODEL_OR_TINY) --data $(EVAL_DATA)
 
-all: setup ## the whole pipeline: tiny base, data, two adapters, vLLM, evaluation, report (DRY_RUN=1 prints it)
+all: setup ## the whole pipeline into results/RUN (PROFILE=cpu|gpu, MODEL=, CLUENER_DIR=, SAMPLES=, EVAL_LIMIT=, DRY_RUN=1)
 	@$(PY) -m pipelines.run_all
 
 bench: tiny-base ## benchmarks against the seeds' way (ARGS="--quick --repeats 1"): tables, bench/results/*.json, BENCHMARKS.md

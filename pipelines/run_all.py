@@ -100,7 +100,7 @@ def plan(profile_name: str, model: str | None, run_dir: Path, port: int, cluener
     for task, data in (("cluener", "data/cluener_val.json"), ("ruozhiba", "data/ruozhiba_val.json")):
         stages.append(Stage(f"eval-{task}", [PY, "-m", "pipelines.evaluate", "--base-url", url, "--task", task,
                                              "--data", data, "--model", p.base_name, "--model", task,
-                                             "--out", str(run_dir / f"eval-{task}"), *lim]))
+                                             "--out", str(run_dir / f"eval-{task}"), "--tokenizer", model, *lim]))
     stages.append(Stage("serve-stop", [PY, "-m", "pipelines.serve", "stop", str(serve_path), "--port", str(port)],
                         always=True))
     return stages
