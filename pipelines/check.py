@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.paths import ROOT
+from pipelines.paths import ROOT, resolve
 
 #: vLLM's `--max-lora-rank` choices (vllm/config/lora.py); an adapter's rank must not exceed the largest.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -115,11 +115,6 @@ class Report:
 
 
 # ---------------------------------------------------------------------------------------------------- loading
-
-def resolve(path: str | Path, base: Path = ROOT) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else base / p
-
 
 def find_config(config: str | Path) -> Path:
     """The config file: as given (from the current directory), else from the repository root."""

@@ -22,7 +22,8 @@ from pathlib import Path
 import yaml
 
 from pipelines import lfcli
-from pipelines.check import is_local_model, resolve
+from pipelines.check import is_local_model
+from pipelines.paths import resolve
 from pipelines.train import MANIFEST
 
 DEFAULT_TEMPLATE = "qwen"

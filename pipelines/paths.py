@@ -21,6 +21,12 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 DOWNLOADS_DIR = ROOT / "downloads"
 
 
+def resolve(path: str | Path, base: Path = ROOT) -> Path:
+    """A path from a config or the command line: absolute as is, else relative to the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
 def venv_bin(venv: Path, name: str) -> Path:
     """The path of executable `name` inside virtual environment `venv`."""
     return venv / ("Scripts" if os.name == "nt" else "bin") / name

@@ -190,15 +190,7 @@ def ruozhiba_records(seed: int, n: int) -> list[dict]:
             pool.append((question.format(x=x, y=y), answer.format(x=x, y=y)))
     # Prefixes keep instructions distinct when the pool is smaller than `n`.
     prefixes = ["", "请问", "我想知道，", "有个问题：", "说真的，", "认真问一下，", "好奇：", "求解答："]
-    records, seen = [], set()
-    while len(records) < n:
-        question, answer = rng.choice(pool)
-        instruction = rng.choice(prefixes) + question
-        if instruction in seen:
-            continue
-        seen.add(instruction)
-        records.append({"instruction": instruction, "input": "", "output": answer})
-    return records
+    return _distinct_qa(rng, pool, prefixes, n)
 
 
 # --------------------------------------------------------------------------------------------------- huanhuan
@@ -232,17 +224,22 @@ HUANHUAN_PAIRS = [
 HUANHUAN_PREFIXES = ["", "嬛嬛，", "莞嫔，", "甄嬛，"]
 
 
-def huanhuan_records(seed: int, n: int) -> list[dict]:
-    rng = random.Random(seed)
+def _distinct_qa(rng: random.Random, pairs, prefixes, n: int) -> list[dict]:
+    """`n` alpaca records drawn from (question, answer) pairs, a prefix keeping every instruction distinct."""
     records, seen = [], set()
     while len(records) < n:
-        question, answer = rng.choice(HUANHUAN_PAIRS)
-        instruction = rng.choice(HUANHUAN_PREFIXES) + question
+        question, answer = rng.choice(pairs)
+        instruction = rng.choice(prefixes) + question
         if instruction in seen:
             continue
         seen.add(instruction)
         records.append({"instruction": instruction, "input": "", "output": answer})
     return records
+
+
+def huanhuan_records(seed: int, n: int) -> list[dict]:
+    rng = random.Random(seed)
+    return _distinct_qa(rng, HUANHUAN_PAIRS, HUANHUAN_PREFIXES, n)
 
 
 # --------------------------------------------------------------------------------------------- classification

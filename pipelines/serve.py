@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from pipelines.gpu import has_cuda
-from pipelines.paths import ROOT, VENV_VLLM, venv_bin
+from pipelines.paths import ROOT, VENV_VLLM, resolve, venv_bin
 from pipelines.serve_config import (
     AdapterInfo,
     ServeConfig,
@@ -40,7 +40,6 @@ from pipelines.serve_config import (
     load,
     model_arg,
     precheck,
-    resolve,
     round_rank,
 )
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.paths import ROOT
+from pipelines.paths import ROOT, resolve
 
 #: The values vLLM accepts for `--max-lora-rank` (vllm/config/lora.py, `MaxLoRARanks`).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -65,12 +65,6 @@ class ServeConfig:
 KEYS = [f.name for f in fields(ServeConfig) if f.name != "source"]
 _INT_KEYS = ("port", "max_model_len", "tensor_parallel_size", "data_parallel_size", "max_lora_rank", "max_loras",
              "cpu_kvcache_space", "cpu_threads")
-
-
-def resolve(path: str | Path, base: Path = ROOT) -> Path:
-    """A config path: absolute as is, relative to the repository root otherwise (where `make` runs)."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else base / p
 
 
 def is_local(name: str, base: Path = ROOT) -> bool:

@@ -23,6 +23,7 @@ import time
 import yaml
 
 from pipelines import check, train
+from pipelines.paths import resolve
 
 DEFAULT_RANKS = "8,64"
 DEFAULT_LRS = "1e-3,3e-3"
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n==> sweep [{name}]", flush=True)
         t0 = time.time()
         rc = train.main([args.config, *args.overrides, *extra, "--no-check"])
-        out_dir = check.resolve(f"{args.out.rstrip('/')}/{name}")
+        out_dir = resolve(f"{args.out.rstrip('/')}/{name}")
         results = {}
         if (out_dir / train.MANIFEST).is_file():
             results = json.loads((out_dir / train.MANIFEST).read_text(encoding="utf-8")).get("results", {})
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(rows))
     if adapters:
         snippet = serve_snippet(cfg, adapters, [r["rank"] for r in rows if r["name"] in adapters])
-        path = check.resolve(args.out) / f"{task}-serve.yaml"
+        path = resolve(args.out) / f"{task}-serve.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(snippet, encoding="utf-8")
         print(f"\n{snippet}(written to {os.path.relpath(path, check.ROOT)})")

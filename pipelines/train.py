@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipelines import check, lfcli
-from pipelines.paths import ROOT
+from pipelines.paths import ROOT, resolve
 
 MANIFEST = "pipelines_manifest.json"
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -111,9 +111,9 @@ def ensure_tiny_model(cfg: Mapping) -> None:
     from pipelines.paths import TINY_BASE, TINY_MODEL
 
     model = str(cfg.get("model_name_or_path") or "")
-    if not model or (check.resolve(model) / "config.json").is_file():
+    if not model or (resolve(model) / "config.json").is_file():
         return
-    target = check.resolve(model).resolve()
+    target = resolve(model).resolve()
     if target == Path(TINY_BASE).resolve():
         from pipelines import tiny_base
 
@@ -140,7 +140,7 @@ def sha256_file(path: Path) -> str:
 
 def dataset_files(cfg: Mapping) -> dict[str, dict]:
     """name → {file, sha256} for every dataset/eval_dataset of the config that is a local file."""
-    dataset_dir = check.resolve(str(cfg.get("dataset_dir") or "data"))
+    dataset_dir = resolve(str(cfg.get("dataset_dir") or "data"))
     info_path = dataset_dir / "dataset_info.json"
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                       file=sys.stderr)
                 return 1
             cfg = report.merged
-        output_dir = check.resolve(str(cfg.get("output_dir") or ""))
+        output_dir = resolve(str(cfg.get("output_dir") or ""))
         if not cfg.get("output_dir"):
             raise TrainError(f"`output_dir` is not set in `{args.config}`; add e.g. `output_dir: saves/…`.")
         resume_from = None
