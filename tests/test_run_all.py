@@ -91,3 +91,14 @@ def test_make_all_end_to_end(tiny_base_dir, capfd):
     assert "[PASS] NER adapter valid-JSON rate" in out or "[FAIL] NER adapter valid-JSON rate" in out
     assert (run_dir / "adapters" / "cluener" / "adapter_config.json").exists()
     assert not (ROOT / ".serve" / str(port) / "server.pid").exists()  # stopped
+
+
+@pytest.mark.parametrize("serve, prefix", [("conf/serve/tiny.yaml", "conf/tiny_lora_"),
+                                           ("conf/serve/qwen2.5-0.5b.yaml", "conf/qwen2.5-0.5b-instruct_lora_")])
+def test_serve_configs_serve_what_the_train_configs_write(serve, prefix):
+    import yaml
+
+    adapters = yaml.safe_load((ROOT / serve).read_text(encoding="utf-8"))["adapters"]
+    for task, path in adapters.items():
+        train = yaml.safe_load((ROOT / f"{prefix}{task}.yaml").read_text(encoding="utf-8"))
+        assert train["output_dir"] == path, (serve, task)
