@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.paths import file_sha256
+
 #: Bump when a change alters what is sent or how it is scored: figures of different versions do not compare.
 EVAL_SPEC_VERSION = "1"
 #: task name -> scoring kind
@@ -86,8 +88,6 @@ def load_records(path: str | Path, limit: int | None = None) -> list[dict[str, s
     return records[:limit] if limit is not None else records
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------- stage 1: build the request (pure)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -30,3 +31,12 @@ def resolve(path: str | Path, base: Path = ROOT) -> Path:
 def venv_bin(venv: Path, name: str) -> Path:
     """The path of executable `name` inside virtual environment `venv`."""
     return venv / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

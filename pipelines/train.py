@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipelines import check, lfcli
-from pipelines.paths import ROOT, resolve
+from pipelines.paths import ROOT, file_sha256, resolve
 
 MANIFEST = "pipelines_manifest.json"
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -130,12 +130,6 @@ def ensure_tiny_model(cfg: Mapping) -> None:
 
 # ------------------------------------------------------------------------------------------------- manifest
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_files(cfg: Mapping) -> dict[str, dict]:
@@ -146,16 +140,16 @@ def dataset_files(cfg: Mapping) -> dict[str, dict]:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-    out = {"dataset_info.json": {"file": _rel(info_path), "sha256": sha256_file(info_path)}}
+    out = {"dataset_info.json": {"file": _rel(info_path), "sha256": file_sha256(info_path)}}
     for name in check.as_list(cfg.get("dataset")) + check.as_list(cfg.get("eval_dataset")):
         file_name = (info.get(name) or {}).get("file_name")
         path = dataset_dir / file_name if file_name else None
         if path and path.is_file():
-            out[name] = {"file": _rel(path), "sha256": sha256_file(path)}
+            out[name] = {"file": _rel(path), "sha256": file_sha256(path)}
         elif path and path.is_dir():
             h = hashlib.sha256()
             for f in sorted(p for p in path.rglob("*") if p.is_file()):
-                h.update(f"{f.relative_to(path)}\0{sha256_file(f)}\n".encode())
+                h.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
             out[name] = {"file": _rel(path), "sha256": h.hexdigest()}
     return out
 

@@ -12,7 +12,8 @@ import pytest
 
 from pipelines import convert, samples
 from pipelines.converters import CLUENER_TYPES
-from pipelines.paths import RAW_DIR, ROOT, SHARED_DATASETS
+from pipelines.paths import RAW_DIR, ROOT
+from realdata import shared
 
 GOOD1 = '{"text": "张三在北京", "label": {"name": {"张三": [[0, 1]]}, "address": {"北京": [[3, 4]]}}}'
 GOOD2 = '{"text": "今天天气晴朗", "label": {}}'
@@ -261,14 +262,6 @@ def test_cluener_list_format(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------- real data
-
-
-def shared(*parts: str) -> Path:
-    path = SHARED_DATASETS.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"`{path}` not found: the real-data tests read `pipelines.paths.SHARED_DATASETS` "
-                    "(../shared/datasets beside the repository, present in CI); restore it.")
-    return path
 
 
 def entity_set(output: str) -> set[tuple[str, str]]:

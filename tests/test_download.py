@@ -9,13 +9,12 @@ import threading
 import zipfile
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from pipelines import download
 from pipelines.download import DownloadError
-from pipelines.paths import SHARED_DATASETS
+from realdata import shared
 
 FAKE = {"train.json": b'{"text": "a", "label": {}}\n', "dev.json": b'{"text": "b", "label": {}}\n',
         "test.json": b'{"id": 0, "text": "c"}\n'}
@@ -120,14 +119,6 @@ def test_ruozhiba_files_are_fetched_and_verified(server, tmp_path):
 def test_unknown_source_is_refused(capsys):
     assert download.main(["--only", "cluener,imdb"]) == 2
     assert "`--only imdb` is unknown" in capsys.readouterr().err
-
-
-def shared(*parts: str) -> Path:
-    path = SHARED_DATASETS.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"`{path}` not found: the real-data tests read `pipelines.paths.SHARED_DATASETS` "
-                    "(../shared/datasets beside the repository, present in CI); restore it.")
-    return path
 
 
 def test_pinned_checksums_accept_the_reference_copies(server, tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 from conftest import QUICK_TRAIN, train_environ
 
 from pipelines import export, sweep, train
-from pipelines.paths import ROOT
+from pipelines.paths import ROOT, file_sha256
 
 CONFIG = "conf/tiny_lora_cluener.yaml"
 PROMPTS = ["<|im_start|>user\n抽取实体：张伟在北京大学工作。<|im_end|>\n<|im_start|>assistant\n",
@@ -50,7 +50,7 @@ def test_tiny_config_trains_an_adapter_with_a_manifest(tiny_cluener_adapter: Pat
     rev = m["git"]["revision"]
     assert rev is None or len(rev) == 40
     for name in ("cluener_train", "cluener_val"):
-        assert m["datasets"][name]["sha256"] == train.sha256_file(converted_data_dir / f"{name}.json")
+        assert m["datasets"][name]["sha256"] == file_sha256(converted_data_dir / f"{name}.json")
     assert m["packages"]["llamafactory"] == "0.9.5" and m["packages"]["peft"] and m["packages"]["torch"]
     assert m["started"] <= m["ended"] and m["duration_s"] > 0
     assert math.isfinite(m["results"]["train_loss"]) and math.isfinite(m["results"]["eval_loss"])
