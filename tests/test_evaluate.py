@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from serving import free_port
 
 from pipelines.evaluate import (
     EVAL_SPEC_VERSION,
@@ -150,12 +150,6 @@ def drop_last_entity(record_id: str) -> Callable[[dict], str]:
         return json.dumps({k: v for k, v in gold.items() if v}, ensure_ascii=False)
 
     return answer
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rows_of(path: Path) -> list[dict]:
