@@ -66,8 +66,8 @@ def test_shipped_configs_load():
     assert tiny.runtime_lora_updating is False
     gpu = load(ROOT / "conf" / "serve" / "qwen2.5-0.5b.yaml", port=8001)
     assert (gpu.model, gpu.dtype, gpu.port) == ("Qwen/Qwen2.5-0.5B-Instruct", "bfloat16", 8001)
-    assert gpu.adapters == {"cluener": "saves/qwen2.5-0.5b/lora/cluener",
-                            "ruozhiba": "saves/qwen2.5-0.5b/lora/ruozhiba"}
+    assert gpu.adapters == {"cluener": "saves/qwen2.5-0.5b-instruct/lora/cluener",
+                            "ruozhiba": "saves/qwen2.5-0.5b-instruct/lora/ruozhiba"}
 
 
 CONFIG_ERRORS = [
