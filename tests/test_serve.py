@@ -336,6 +336,43 @@ def test_chat_each_name_and_adapters_differ_from_base(server):
     assert [_greedy(client, "cluener", p) for p in PROMPTS] == outs["cluener"]  # greedy is deterministic
 
 
+def _peft_greedy(base: Path, adapter: Path | None, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """transformers (+ PEFT) greedy answers to `prompts` as chat messages, the reference for the served ones."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    outs = []
+    for p in prompts:
+        text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+        outs.append(tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return outs
+
+
+@pytest.mark.slow
+def test_served_adapters_answer_as_peft_does_in_mixed_batches(server, adapters, tiny_base_dir):
+    """All three names asked at once, so that batches mix two adapters (ranks 8 and 16) and rows without one:
+    every greedy answer equals transformers + PEFT's. On the CPU this is the path of the project's vLLM plugin
+    (pipelines/vllm_cpu_lora.py), which the server's log must show as active."""
+    import concurrent.futures as cf
+
+    client = _client(server)
+    jobs = [(m, p) for m in ("tiny-base", "cluener", "ruozhiba") for p in PROMPTS]
+    with cf.ThreadPoolExecutor(len(jobs)) as pool:
+        served = dict(zip(jobs, pool.map(lambda job: _greedy(client, *job), jobs)))
+    for model, adapter in (("tiny-base", None), ("cluener", adapters["cluener"]), ("ruozhiba", adapters["ruozhiba"])):
+        assert [served[(model, p)] for p in PROMPTS] == _peft_greedy(tiny_base_dir, adapter, PROMPTS, 16), model
+    assert "pipelines_cpu_lora: vLLM's CPU LoRA ops replaced" in server["served"].log.read_text(errors="replace")
+
+
 @pytest.mark.slow
 def test_api_key_required_and_never_written(server):
     url = server["served"].base_url
