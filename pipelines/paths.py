@@ -40,3 +40,29 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt")
+SAMPLE_BYTES = 1 << 20
+
+
+def weights_fingerprint(model_dir: str | Path) -> str | None:
+    """A cheap identity of a local model's weights: name, size and the first and last MiB of each weight file.
+
+    Any retraining changes the tensors at the end of a file, so two fingerprints differ when the weights do;
+    reading 2 MiB per file keeps it fast for a 15 GB model. None when the folder holds no weight file."""
+    folder = Path(model_dir)
+    files = sorted({f for g in WEIGHT_GLOBS for f in folder.glob(g) if f.is_file() and f.name != "training_args.bin"})
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(SAMPLE_BYTES))
+            if size > SAMPLE_BYTES:
+                fh.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+                h.update(fh.read())
+    return h.hexdigest()
+

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.paths import ROOT, resolve
+from pipelines.paths import ROOT, resolve, weights_fingerprint
 
 #: The values vLLM accepts for `--max-lora-rank` (vllm/config/lora.py, `MaxLoRARanks`).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -245,7 +245,33 @@ def inspect_adapter(name: str, path: str | Path, served_model: str, max_rank: in
     if base and not _same_base(str(base), served_model, folder):
         problems.append(f"adapter `{name}` was trained on `{base}` but the served base is `{served_model}`; "
                         "serve it with its own base model.")
+    stale = stale_base(name, folder, served_model, base_dir)
+    if stale:
+        problems.append(stale)
     return AdapterInfo(name, folder.resolve(), rank, base), problems
+
+
+TRAIN_MANIFEST = "pipelines_manifest.json"  # written by pipelines.train beside each trained adapter
+
+
+def stale_base(name: str, folder: Path, served_model: str, base_dir: Path = ROOT) -> str | None:
+    """A problem when the adapter's training manifest fingerprints other base weights than the served folder
+    holds now (the base was rebuilt after training); None when they match or there is nothing to compare."""
+    try:
+        manifest = json.loads((folder / TRAIN_MANIFEST).read_text(encoding="utf-8"))
+        trained_on = (manifest.get("base_model") or {}).get("weights_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    served_dir = resolve(served_model, base_dir)
+    if not trained_on or not is_local(served_model) or not served_dir.is_dir():
+        return None
+    now = weights_fingerprint(served_dir)
+    if now is None or now == trained_on:
+        return None
+    config = manifest.get("config_file") or "<its config>"
+    return (f"adapter `{name}` was trained on other weights of `{served_model}` than the folder holds now (the base "
+            f"changed after the training that ended {manifest.get('ended', '?')}); retrain it "
+            f"(`make train CONFIG={config}`) or serve the base it was trained on.")
 
 
 def round_rank(rank: int) -> int:

@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipelines import check, lfcli
-from pipelines.paths import ROOT, file_sha256, resolve
+from pipelines.paths import ROOT, file_sha256, resolve, weights_fingerprint
 
 MANIFEST = "pipelines_manifest.json"
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -207,6 +207,15 @@ def final_losses(output_dir: Path) -> dict:
     return out
 
 
+def base_model_identity(cfg: Mapping) -> dict:
+    """The base model trained on: its path and, when it is a local folder, its weights' fingerprint (what
+    `make serve` compares to refuse an adapter whose base has changed since)."""
+    name = str(cfg.get("model_name_or_path") or "")
+    folder = resolve(name) if name else None
+    fp = weights_fingerprint(folder) if folder is not None and folder.is_dir() else None
+    return {"path": name, "weights_fingerprint": fp}
+
+
 def write_manifest(output_dir: Path, *, config: str, overrides: list[str], cfg: Mapping, argv: list[str],
                    env: Mapping[str, str], started: float, ended: float, exit_code: int,
                    resumed_from: str | None) -> Path:
@@ -219,6 +228,7 @@ def write_manifest(output_dir: Path, *, config: str, overrides: list[str], cfg: 
         "resumed_from": resumed_from,
         "git": git_revision(),
         "datasets": dataset_files(cfg),
+        "base_model": base_model_identity(cfg),
         "packages": package_versions(),
         "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),
         "ended": datetime.fromtimestamp(ended, UTC).isoformat(timespec="seconds"),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import time
 
@@ -128,3 +130,20 @@ def test_tiny_model_build_is_deterministic(tmp_path):
     assert tiny_model.main(["--out", str(a)]) == 0 and tiny_model.main(["--out", str(b)]) == 0
     for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_weights_fingerprint_follows_the_weights_not_the_folder(tmp_path):
+    from pipelines.paths import SAMPLE_BYTES, weights_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    assert weights_fingerprint(a) is None
+    data = bytearray(os.urandom(3 * SAMPLE_BYTES))
+    (a / "model.safetensors").write_bytes(data)
+    (a / "training_args.bin").write_bytes(b"not weights")
+    shutil.copytree(a, b)
+    (b / "training_args.bin").write_bytes(b"other args")
+    assert weights_fingerprint(a) == weights_fingerprint(b)
+    data[-1] ^= 1  # retrained: the last tensor changed
+    (b / "model.safetensors").write_bytes(data)
+    assert weights_fingerprint(a) != weights_fingerprint(b)

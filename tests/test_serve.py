@@ -130,6 +130,25 @@ def _edit_config(folder: Path, **changes) -> None:
     f.write_text(json.dumps(conf))
 
 
+def _write_manifest(folder: Path, fingerprint: str | None) -> None:
+    """The part of pipelines.train's manifest that the precheck reads."""
+    (folder / "pipelines_manifest.json").write_text(json.dumps({
+        "config_file": "conf/tiny_lora_ruozhiba.yaml", "ended": "2026-01-01T00:00:00+00:00",
+        "base_model": {"path": "models/tiny-qwen2-base", "weights_fingerprint": fingerprint}}))
+
+
+def test_adapter_trained_on_the_served_weights_passes(adapters, tiny_base_dir, tmp_path):
+    from pipelines.paths import weights_fingerprint
+
+    good = tmp_path / "good"
+    shutil.copytree(adapters["ruozhiba"], good)
+    _write_manifest(good, weights_fingerprint(tiny_base_dir))
+    cfg = tiny_config(tiny_base_dir, {"cluener": adapters["cluener"], "ruozhiba": good}, port=free_port())
+    assert [i.name for i in precheck(cfg)] == ["cluener", "ruozhiba"]
+    _write_manifest(good, None)  # a base that was not a local folder at training time: nothing to compare
+    assert len(precheck(cfg)) == 2
+
+
 def _broken(kind: str, adapters: dict[str, Path], tmp: Path) -> tuple[dict, dict]:
     """(adapters, extra config keys) with one problem of `kind`."""
     bad = tmp / "bad"
@@ -145,6 +164,8 @@ def _broken(kind: str, adapters: dict[str, Path], tmp: Path) -> tuple[dict, dict
         _edit_config(bad, r=1024)
     elif kind == "other base":
         _edit_config(bad, base_model_name_or_path=str(ROOT / "models" / "tiny-qwen2"))
+    elif kind == "base rebuilt since":
+        _write_manifest(bad, "0" * 64)
     keys = {"max_lora_rank": 8} if kind == "rank above max_lora_rank" else {}
     return {"cluener": adapters["cluener"], "ruozhiba": bad}, keys
 
@@ -158,6 +179,9 @@ PRECHECK_ERRORS = [
     ("rank above 512", r"adapter `ruozhiba`: LoRA rank 1024 in `.*` is above 512, the most vLLM serves"),
     ("rank above max_lora_rank", r"adapter `ruozhiba`: LoRA rank 16 in `.*` is above `max_lora_rank` 8; raise"),
     ("other base", r"adapter `ruozhiba` was trained on `.*tiny-qwen2` but the served base is `.*tiny-qwen2-base`"),
+    ("base rebuilt since", r"adapter `ruozhiba` was trained on other weights of `.*tiny-qwen2-base` than the folder "
+                           r"holds now \(the base changed after the training that ended 2026-01-01T00:00:00\+00:00\); "
+                           r"retrain it \(`make train CONFIG=conf/tiny_lora_ruozhiba.yaml`\)"),
 ]
 
 

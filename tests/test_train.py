@@ -15,7 +15,7 @@ import pytest
 from conftest import QUICK_TRAIN, train_environ
 
 from pipelines import export, sweep, train
-from pipelines.paths import ROOT, file_sha256
+from pipelines.paths import ROOT, file_sha256, weights_fingerprint
 
 CONFIG = "conf/tiny_lora_cluener.yaml"
 PROMPTS = ["<|im_start|>user\n抽取实体：张伟在北京大学工作。<|im_end|>\n<|im_start|>assistant\n",
@@ -55,6 +55,7 @@ def test_tiny_config_trains_an_adapter_with_a_manifest(tiny_cluener_adapter: Pat
     assert m["started"] <= m["ended"] and m["duration_s"] > 0
     assert math.isfinite(m["results"]["train_loss"]) and math.isfinite(m["results"]["eval_loss"])
     assert m["results"]["global_step"] == 6  # 48 samples, batch 8, one epoch
+    assert m["base_model"] == {"path": str(tiny_base_dir), "weights_fingerprint": weights_fingerprint(tiny_base_dir)}
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
+from pipelines import vllm_cpu_lora
 from pipelines.bench import common, server
 from pipelines.bench.data import prepare
 from pipelines.paths import ROOT, TINY_BASE, VENV_VLLM, venv_bin
@@ -278,6 +279,7 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
         "ours_driver": "pipelines.evaluate.make_client + answer_all (the evaluator's send path), latency timed "
                        "around chat.completions.create; run_eval itself cannot send ignore_eos",
         "server": server_info,
+        "vllm_cpu_lora_plugin": "on" if vllm_cpu_lora.enabled() else f"off ({vllm_cpu_lora.ENV_SWITCH}=0)",
     })
     efficiencies = [p["efficiency"] for p in per_c.values() if p["efficiency"] is not None]
     result.update({

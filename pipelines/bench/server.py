@@ -31,7 +31,12 @@ def ensure_adapter(work: Path, data_dir: Path, adapter: str | None, *, samples: 
     if adapter:
         return Path(adapter)
     if (DEFAULT_ADAPTER / "adapter_config.json").is_file():
-        return DEFAULT_ADAPTER
+        from pipelines.serve_config import stale_base
+
+        stale = stale_base("cluener", DEFAULT_ADAPTER, str(Path(TINY_BASE)))
+        if not stale:
+            return DEFAULT_ADAPTER
+        echo(f"bench: not using {DEFAULT_ADAPTER}: {stale}")
     out = work.parent / "adapter"  # shared by the benchmarks of one run (their work folders are siblings)
     if (out / "adapter_config.json").is_file():
         return out
