@@ -323,8 +323,12 @@ def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] |
     echo("serve: " + shlex.join(cmd))
     t0 = time.monotonic()
     with open(files.log, "wb") as log:
+        # Its own process group (stopped as a whole; Ctrl-C at the terminal does not reach it) but the caller's
+        # session: with the kernel's autogroup scheduling a new session is a CPU group of its own, and on a
+        # 2-core machine the engine's spin-waiting then starved the API server: 9-13 prompts/s instead of 25
+        # at concurrency 16 (BENCHMARKS.md).
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=server_env, cwd=ROOT, start_new_session=True)
+                                env=server_env, cwd=ROOT, process_group=0)
     files.pid.write_text(f"{proc.pid}\n")
     base_url = f"http://{_url_host(cfg.host)}:{cfg.port}"
     state = {"pid": proc.pid, "pgid": proc.pid, "start_time": start_time(proc.pid), "config": cfg.source,

@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -53,6 +54,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a killed run) unwinds like Ctrl-C, so that every server a benchmark started is stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     command = shlex.join(["python", "-m", "pipelines.bench", *(sys.argv[1:] if argv is None else argv)])
     if args.which == "report":
         from pipelines.bench import report
