@@ -70,12 +70,29 @@ NOTES = """## Reading the figures
   (optimizer, the Trainer's bookkeeping) pull it down a little, more so for short samples.
   `max_source` for the seeds' side is the longest prompt of the samples (the seeds' 80 was their longest prompt;
   `prompts_longer_than_seed_max_source` in train.json counts how many of ours 80 would cut).
+  Why the target of 1.5 is out of reach here: a py-spy profile of ours is 57% backward, 26% linear layers
+  forward, 4% attention, 3% cross-entropy, i.e. compute per position, and theirs pads only 26% of its positions
+  with the project's prompt (37% with the short one), so removing padding can give at most about 310/232 = 1.34
+  (1.6). Tried on ours, 480 real CLUENER samples, batch 16, 2 threads (samples/s, ours as configured: 50–60):
+  `packing` to 512 with batch 8: 44; `neat_packing`: 40 (attention over the packed length costs more than the
+  padding it saves); OMP_NUM_THREADS=1: 33; eager attention instead of SDPA: 56; `torch_compile`: 5.7 (76 s of
+  compilation in a 30-step run). On a GPU, where padding wastes memory and batch slots rather than plain FLOPs,
+  dynamic padding and length grouping matter more.
 - **eval.** Both sides generate exactly 50 tokens per prompt (ignore_eos / min_new_tokens), so they do the
   same work. Efficiency = the evaluator's prompts/s / `vllm bench serve`'s at the same concurrency against the
   same server with prompts of the same length and shared prefix: near 1 means the client is not the bottleneck.
   On a small CPU machine the client and the server share the cores, so both clients slow the server alike.
   `vllm bench serve` always streams (one server-sent event per token, parsed by its client) while the evaluator
   asks for whole answers, so an efficiency above 1 is expected; "client CPU ms/req" is the evaluator's own cost.
+- **eval, what moved the ratio from 1.5 to 8.** (1) vLLM's CPU LoRA ops copy the adapter's A and B matrices
+  once per token; the project's vLLM plugin (`pipelines/vllm_cpu_lora.py`) does one GEMM per adapter instead:
+  `vllm bench serve` with the adapter at concurrency 64 went from 19 to 47 prompts/s (the base model alone: 52).
+  (2) The server ran in a new session; with the kernel's autogroup scheduling that made it a CPU group of its own,
+  and on 2 cores the engine's spin-waiting starved the API server: 9–13 prompts/s at concurrency 16 instead of
+  25–28. The launcher now keeps the caller's session. A client in another terminal (another session) still sees
+  8 instead of 25; `VLLM_CPU_OMP_THREADS_BIND=0-1 VLLM_CPU_NUM_OF_RESERVED_CPU=0` before `make serve` gives 18
+  (concurrency 16) and 30–33 (64) whatever the client's session. (3) The evaluator uses openai's aiohttp
+  transport: 1.8 ms of client CPU per request at concurrency 64 instead of httpx's 6.6.
 - **Threads.** Every process gets OMP_NUM_THREADS = the usable cores unless `--threads` says otherwise. On a
   machine shared with other work, threads that wait for each other at every operation make both sides several
   times slower, by a factor that changes from run to run; `--threads 1` keeps such figures comparable.
