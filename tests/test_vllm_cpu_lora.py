@@ -60,6 +60,17 @@ def test_shrink_scales_and_expand_adds_or_overwrites():
     assert not wide[:, :2].any() and not wide[:, 8:].any()
 
 
+def test_signature_check():
+    def theirs(inputs, lora_b_weights, output_tensor, lora_indices_tensor, scaling=1.0):
+        pass
+
+    def renamed(inputs, weights, output_tensor, lora_indices_tensor, scaling=1.0):
+        pass
+
+    assert cl.same_parameters(theirs, cl.bgmv_shrink)
+    assert not cl.same_parameters(renamed, cl.bgmv_shrink) and not cl.same_parameters(None, cl.bgmv_shrink)
+
+
 def test_switch():
     assert cl.enabled({}) and cl.enabled({cl.ENV_SWITCH: "1"})
     assert not cl.enabled({cl.ENV_SWITCH: "0"}) and not cl.enabled({cl.ENV_SWITCH: "off"})
