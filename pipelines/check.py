@@ -43,9 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.paths import ROOT, resolve
-
-#: vLLM's `--max-lora-rank` choices (vllm/config/lora.py); an adapter's rank must not exceed the largest.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+from pipelines.serve_config import VLLM_LORA_RANKS, round_rank
 #: The templates that fit a model family (HF `model_type`). Families not listed here are not checked.
 FAMILY_TEMPLATES: dict[str, tuple[str, ...]] = {
     "qwen2": ("qwen",),
@@ -284,6 +282,8 @@ def check_types(cfg: dict, hints: dict[str, Any]) -> dict[str, str]:
 
 
 def has_gpu() -> bool:
+    """Whether torch in this venv sees CUDA: what LLaMA-Factory's parser, run here, decides by (unlike
+    `pipelines.gpu.has_cuda`, which asks nvidia-smi before any venv exists)."""
     try:
         import torch
 
@@ -440,7 +440,10 @@ def check_template(cfg: dict, templates: set[str]) -> tuple[list[str], list[str]
 
 def vllm_max_lora_rank(rank: int) -> int | None:
     """The smallest `--max-lora-rank` value vLLM accepts for an adapter of this rank (None: none does)."""
-    return next((r for r in VLLM_LORA_RANKS if r >= rank), None)
+    try:
+        return round_rank(rank)
+    except ValueError:
+        return None
 
 
 def check_servable(cfg: dict) -> tuple[list[str], list[str]]:

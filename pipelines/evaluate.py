@@ -88,8 +88,6 @@ def load_records(path: str | Path, limit: int | None = None) -> list[dict[str, s
     return records[:limit] if limit is not None else records
 
 
-
-
 # ---------------------------------------------------------------- stage 1: build the request (pure)
 
 

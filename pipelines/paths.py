@@ -28,6 +28,14 @@ def resolve(path: str | Path, base: Path = ROOT) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def rel(path: str | Path) -> str:
+    """A path for messages and records: relative to the repository root when it lies inside, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def venv_bin(venv: Path, name: str) -> Path:
     """The path of executable `name` inside virtual environment `venv`."""
     return venv / ("Scripts" if os.name == "nt" else "bin") / name
@@ -65,4 +73,3 @@ def weights_fingerprint(model_dir: str | Path) -> str | None:
                 fh.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
                 h.update(fh.read())
     return h.hexdigest()
-

@@ -67,7 +67,8 @@ def tokenizer_corpus(docs: list[str]) -> list[str]:
 
 def spec_digest(docs: list[str]) -> str:
     """Everything the built model depends on; a rebuild happens only when this changes."""
-    h = hashlib.sha256(json.dumps([SEED, VOCAB_SIZE, MAX_TOKEN_BYTES, ARCH, SPECIAL_TOKENS, CHAT_TEMPLATE, PRETOKENIZE]).encode())
+    spec = [SEED, VOCAB_SIZE, MAX_TOKEN_BYTES, ARCH, SPECIAL_TOKENS, CHAT_TEMPLATE, PRETOKENIZE]
+    h = hashlib.sha256(json.dumps(spec).encode())
     for d in docs:
         h.update(d.encode("utf-8") + b"\0")
     return h.hexdigest()

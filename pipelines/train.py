@@ -34,7 +34,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipelines import check, lfcli
-from pipelines.paths import ROOT, file_sha256, resolve, weights_fingerprint
+from pipelines.paths import ROOT, file_sha256, rel, resolve, weights_fingerprint
 
 MANIFEST = "pipelines_manifest.json"
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -131,7 +131,6 @@ def ensure_tiny_model(cfg: Mapping) -> None:
 # ------------------------------------------------------------------------------------------------- manifest
 
 
-
 def dataset_files(cfg: Mapping) -> dict[str, dict]:
     """name → {file, sha256} for every dataset/eval_dataset of the config that is a local file."""
     dataset_dir = resolve(str(cfg.get("dataset_dir") or "data"))
@@ -140,25 +139,18 @@ def dataset_files(cfg: Mapping) -> dict[str, dict]:
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-    out = {"dataset_info.json": {"file": _rel(info_path), "sha256": file_sha256(info_path)}}
+    out = {"dataset_info.json": {"file": rel(info_path), "sha256": file_sha256(info_path)}}
     for name in check.as_list(cfg.get("dataset")) + check.as_list(cfg.get("eval_dataset")):
         file_name = (info.get(name) or {}).get("file_name")
         path = dataset_dir / file_name if file_name else None
         if path and path.is_file():
-            out[name] = {"file": _rel(path), "sha256": file_sha256(path)}
+            out[name] = {"file": rel(path), "sha256": file_sha256(path)}
         elif path and path.is_dir():
             h = hashlib.sha256()
             for f in sorted(p for p in path.rglob("*") if p.is_file()):
                 h.update(f"{f.relative_to(path)}\0{file_sha256(f)}\n".encode())
-            out[name] = {"file": _rel(path), "sha256": h.hexdigest()}
+            out[name] = {"file": rel(path), "sha256": h.hexdigest()}
     return out
-
-
-def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except ValueError:
-        return str(path)
 
 
 def git_revision(root: Path = ROOT) -> dict:
@@ -258,10 +250,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
 
     try:
         config_path = check.find_config(args.config)
-        ensure_tiny_model(check.load_config(config_path, checked))
-        if args.no_check:
-            cfg = check.load_config(config_path, checked)
-        else:
+        cfg = check.load_config(config_path, checked)
+        ensure_tiny_model(cfg)
+        if not args.no_check:
             report = check.check_config(config_path, checked)
             print(report.render(), file=sys.stdout if report.ok else sys.stderr, flush=True)
             if not report.ok:
@@ -281,9 +272,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                        if saves == "no" else "")
                 raise TrainError(f"`RESUME=1` but `{cfg['output_dir']}` holds no `checkpoint-N`{why}; "
                                  "run without RESUME to start over.")
-            resume_from = _rel(ckpt)
+            resume_from = rel(ckpt)
         model = str(cfg.get("model_name_or_path") or "")
-        cmd, env = build_launch(_rel(config_path), args.overrides, environ, resume_from,
+        cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,
                                 offline=check.is_local_model(model) if model else True)
     except (check.CheckError, TrainError) as e:
         print(f"train: {e}", file=sys.stderr)
@@ -307,8 +298,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                               env=env, started=started, ended=ended, exit_code=rc, resumed_from=resume_from)
         results = json.loads(path.read_text(encoding="utf-8"))["results"]
         losses = ", ".join(f"{k} {results[k]:.4f}" for k in ("train_loss", "eval_loss") if k in results)
-        print(f"train: {'wrote' if rc == 0 else 'failed;'} {_rel(output_dir)} in {ended - started:.0f} s"
-              f"{' (' + losses + ')' if losses else ''}; manifest {_rel(path)}", flush=True)
+        print(f"train: {'wrote' if rc == 0 else 'failed;'} {rel(output_dir)} in {ended - started:.0f} s"
+              f"{' (' + losses + ')' if losses else ''}; manifest {rel(path)}", flush=True)
     if rc != 0:
         print(f"train: `llamafactory-cli train {args.config}` failed with exit {rc}; see its output above.",
               file=sys.stderr)

@@ -35,7 +35,9 @@ def train_environ(**extra: str) -> dict[str, str]:
     """This process's environment without the launch variables a developer may have exported, plus `extra`."""
     import os
 
-    drop = ("RESUME", "DEEPSPEED", "DRY_RUN", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+    from pipelines.train import CONTROL_VARS, DIST_VARS
+
+    drop = (*CONTROL_VARS, *DIST_VARS)
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
 
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 from pipelines import vllm_cpu_lora
 from pipelines.bench import common, server
 from pipelines.bench.data import prepare
-from pipelines.paths import ROOT, TINY_BASE, VENV_VLLM, venv_bin
+from pipelines.paths import ROOT, TINY_BASE, VENV_VLLM, rel, venv_bin
 
 MAX_TOKENS = 50
 CONCURRENCY = (1, 4, 16, 64)
@@ -269,9 +269,8 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
             "runs": {"ours": ours[c], "vllm_bench": vb[c]},
         }
     result = common.envelope("eval", quick=quick, repeats=repeats, settings={
-        "model": str(Path(TINY_BASE).relative_to(ROOT)) if Path(TINY_BASE).is_relative_to(ROOT) else TINY_BASE,
-        "adapter": str(adapter_path.relative_to(ROOT)) if adapter_path.is_relative_to(ROOT)
-        else "trained in the work dir",
+        "model": rel(TINY_BASE),
+        "adapter": rel(adapter_path) if adapter_path.resolve().is_relative_to(ROOT) else "trained in the work dir",
         "prompts": n, "data": {"source": data.source, "split": "val (dev)"}, "max_tokens": MAX_TOKENS,
         "fixed_length": "ours: extra_body ignore_eos; theirs: min_new_tokens = max_new_tokens; "
                         "vllm bench: --ignore-eos",

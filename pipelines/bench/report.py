@@ -74,7 +74,8 @@ NOTES = """## Reading the figures
   forward, 4% attention, 3% cross-entropy, i.e. compute per position, and theirs pads only 26% of its positions
   with the project's prompt (37% with the short one): removing it leaves 232 of 310 positions per sample (1.34x
   fewer; attention, which grows with the square of the length, saves a little more), which is where the measured
-  1.4 comes from. More needs less compute per real token. Tried on ours, 480 real CLUENER samples, batch 16, 2 threads (samples/s, ours as configured: 50–60):
+  1.4 comes from. More needs less compute per real token. Tried on ours, 480 real CLUENER samples, batch 16,
+  2 threads (samples/s, ours as configured: 50–60):
   `packing` to 512 with batch 8: 44; `neat_packing`: 40 (attention over the packed length costs more than the
   padding it saves); OMP_NUM_THREADS=1: 33; eager attention instead of SDPA: 56; `torch_compile`: 5.7 (76 s of
   compilation in a 30-step run). On a GPU, where padding wastes memory and batch slots rather than plain FLOPs,

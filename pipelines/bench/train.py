@@ -23,7 +23,7 @@ import yaml
 from pipelines import lfcli
 from pipelines.bench import common, seeds
 from pipelines.bench.data import prepare
-from pipelines.paths import ROOT, TINY_BASE
+from pipelines.paths import ROOT, TINY_BASE, rel
 
 DEFAULT_CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
 FULL = {"samples": 480, "epochs": 1}
@@ -173,7 +173,7 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
             "ours": ours, "theirs": theirs, "runs": {"ours": ours_runs, "theirs": their_runs},
         }
     result = common.envelope("train", quick=quick, repeats=repeats, settings={
-        "model": model, "config": _rel(config),
+        "model": model, "config": rel(config),
         "data": {"source": data.source, "raw": str(data.raw), "records": samples},
         "samples": samples, "epochs": epochs, "batch_size": BATCH, "learning_rate": LR, "lora": lora,
         "ours_overrides": ours_overrides(model=model, data_dir=Path("<work>/data"), out_dir=Path("<work>/out"),
@@ -190,11 +190,6 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
                    "ratios": head["ratios"], "target_ratio": 1.5, "ours": head["ours"], "theirs": head["theirs"],
                    "scenarios": per})
     return result
-
-
-def _rel(path: Path) -> str:
-    path = Path(path)
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 FIGURES = [("samples/s", "samples_per_s"), ("tokens/s (non-pad)", "tokens_per_s"),
