@@ -11,7 +11,8 @@ warnings (e.g. `cutoff_len` below the data's p99 length) are printed but do not 
    weights and needs no hub access, so hub ids (`Qwen/Qwen2.5-7B-Instruct`) are validated offline as they are.
    Two things are taken out of the parsed copy because they depend on the machine, not on the config:
    `deepspeed` (its file is checked here instead; the parser would import DeepSpeed and demand torchrun) and
-   `bf16`/`fp16` on a machine without a GPU (the parser refuses them there; a note says so).
+   `bf16`/`fp16` on a machine without a GPU (the parser refuses them there; a note says so), unless the config
+   sets `use_cpu` (then they are CPU autocast, which the parser accepts).
 2. Every `dataset` / `eval_dataset` is in `dataset_dir/dataset_info.json` and its file exists.
 3. `template` is one of LLaMA-Factory's templates and fits the model family: `model_type` from the model's
    `config.json` when the model is local, inferred from the name for a hub id (qwen2.5 → qwen2 → `qwen`).
@@ -42,8 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.gpu import cpu_native_bf16
 from pipelines.paths import ROOT, resolve
 from pipelines.serve_config import VLLM_LORA_RANKS, round_rank
+
 #: The templates that fit a model family (HF `model_type`). Families not listed here are not checked.
 FAMILY_TEMPLATES: dict[str, tuple[str, ...]] = {
     "qwen2": ("qwen",),
@@ -311,7 +314,11 @@ def parse_with_llamafactory(cfg: dict, known: set[str], gpu: bool) -> tuple[list
     notes = []
     parsed = {k: v for k, v in cfg.items() if k in known and k != "deepspeed"}
     if not gpu:
-        half = [k for k in ("bf16", "fp16", "pure_bf16") if truthy(parsed.get(k))]
+        on_cpu = truthy(parsed.get("use_cpu"))  # then transformers trains bf16/fp16 as CPU autocast
+        half = [k for k in (("pure_bf16",) if on_cpu else ("bf16", "fp16", "pure_bf16")) if truthy(parsed.get(k))]
+        if on_cpu and truthy(parsed.get("bf16")) and not cpu_native_bf16():
+            notes.append("`bf16` with `use_cpu`: this CPU has no native bf16 (AVX512-BF16, AMX), so `make train` "
+                         "trains in fp32 here (`bf16=false`), which is faster on it.")
         if half:
             notes.append(f"{_quote(half)} validated as false: this machine has no GPU, so training this config "
                          "needs a GPU machine.")

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from pipelines import check, lfcli
+from pipelines import check, gpu, lfcli
 from pipelines.paths import ROOT, file_sha256, rel, resolve, weights_fingerprint
 
 MANIFEST = "pipelines_manifest.json"
@@ -95,6 +95,15 @@ def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], 
     if deepspeed or (nproc or 1) > 1 or (nnodes or 1) > 1:
         env["FORCE_TORCHRUN"] = "1"
     return lfcli.cli("train", *args), env
+
+
+def precision_overrides(cfg: Mapping, native_bf16: bool | None = None) -> list[str]:
+    """`["bf16=false"]` when a CPU config (`use_cpu`) asks for bf16 autocast on a CPU that has no native bf16, else
+    `[]`. The tiny configs ask for bf16: 1.4x faster than fp32 where the CPU has AVX512-BF16 or AMX."""
+    if not (truthy(str(cfg.get("use_cpu"))) and truthy(str(cfg.get("bf16")))):
+        return []
+    native = gpu.cpu_native_bf16() if native_bf16 is None else native_bf16
+    return [] if native else ["bf16=false"]
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -274,6 +283,12 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
                                  "run without RESUME to start over.")
             resume_from = rel(ckpt)
         model = str(cfg.get("model_name_or_path") or "")
+        extra = precision_overrides(cfg)
+        if extra:
+            print("train: this CPU has no native bf16 (AVX512-BF16, AMX), where bf16 autocast is emulated and "
+                  "slower; training in fp32 (`bf16=false`).", flush=True)
+            args.overrides += extra
+            cfg = {**cfg, "bf16": False}
         cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,
                                 offline=check.is_local_model(model) if model else True)
     except (check.CheckError, TrainError) as e:

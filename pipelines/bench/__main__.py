@@ -39,6 +39,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-source", type=int, default=0,
                     help="theirs: prompt length; 0 = the longest prompt of the samples (default)")
     ap.add_argument("--max-target", type=int, default=70, help="theirs: response length (the seeds' 70)")
+    ap.add_argument("--train-model", help="base model of both sides (default: the tiny base; on a GPU machine "
+                                          "without a hub, `python -m pipelines.shaped_model` makes a Qwen2.5-shaped one)")
+    ap.add_argument("--train-scenario", action="append", choices=["project", "seeds_prompt"],
+                    help="the prompt shapes to train on (default both; repeat the flag for several)")
     ap.add_argument("--no-group-by-length", action="store_true", help="ours: random batches (dynamic padding only)")
     # eval
     ap.add_argument("--eval-n", type=int, help="prompts per measurement (default 200, quick 32)")
@@ -97,7 +101,9 @@ def _run(name: str, args: argparse.Namespace, work: Path):
 
         r = train.bench(work, repeats=args.repeats, quick=args.quick, samples=args.train_samples,
                         epochs=args.train_epochs, data_source=args.data, max_source=args.max_source,
-                        max_target=args.max_target, group_by_length=not args.no_group_by_length)
+                        max_target=args.max_target, group_by_length=not args.no_group_by_length,
+                        **({"model": args.train_model} if args.train_model else {}),
+                        **({"scenarios": tuple(args.train_scenario)} if args.train_scenario else {}))
         return r, train.render(r)
     if name == "eval":
         from pipelines.bench import eval as ev

@@ -131,7 +131,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
                                          num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
 
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    device = torch.device(args.device)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(device)
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha,
                                              lora_dropout=args.lora_dropout, target_modules=list(QWEN2_LORA_TARGETS)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
@@ -141,6 +142,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     for _ in range(args.epochs):
         for input_ids, attention_mask, labels in loader:
+            input_ids, attention_mask, labels = input_ids.to(device), attention_mask.to(device), labels.to(device)
             out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
             out.loss.backward()
             optimizer.step()
@@ -149,7 +151,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             samples += input_ids.shape[0]
             tokens += int(attention_mask.sum())
             positions += input_ids.numel()
-            losses.append(out.loss.item())
+            losses.append(out.loss.item())  # the loss read each step (a device sync on a GPU)
     seconds = time.perf_counter() - t0
     return {
         "steps": steps,
@@ -171,6 +173,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "mean_response": sum(map(len, responses)) / len(responses),
         "prompts_longer_than_seed_max_source": sum(len(p) > SEED_MAX_SOURCE for p in prompts),
         "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }
 
 
@@ -243,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--lora-dropout", type=float, default=0.0)
     t.add_argument("--workers", type=int, default=0, help="DataLoader workers (the seeds used 4 on a GPU box)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu or cuda (the seeds trained on one GPU)")
     t.add_argument("--out", required=True, help="result JSON")
     g = sub.add_parser("generate", help="their one-prompt-at-a-time model.generate")
     g.add_argument("--model", required=True)

@@ -1,11 +1,15 @@
 """Benchmark 1: LoRA training, `llamafactory-cli train` (ours) vs the seeds' hand-written loop (theirs).
 
 Both sides train the same first N CLUENER records for the same epochs (so the same steps), batch 16, lr 1e-4,
-AdamW, fp32, the same LoRA (rank, alpha, dropout, all seven projections, from `--config`), the same tokenizer
-and chat template, each in its own process. Ours is the project's config with overrides: dynamic padding
-(LLaMA-Factory's collator), `train_sampling_strategy=group_by_length`, no gradient checkpointing (the tiny model
-needs no memory saving), and the baseline's optimiser settings (constant lr, weight decay 0.01, no clipping)
-so that both sides do the same maths. Theirs pads every sample to max_source + max_target + 1.
+AdamW, the same LoRA (rank, alpha, dropout, all seven projections, from `--config`), the same tokenizer and chat
+template, each in its own process. Ours is the project's config with overrides: dynamic padding (LLaMA-Factory's
+collator), `train_sampling_strategy=group_by_length`, no gradient checkpointing (the tiny model needs no memory
+saving), and the baseline's optimiser settings (constant lr, weight decay 0.01, no clipping) so that both sides
+do the same maths. Theirs pads every sample to max_source + max_target + 1 and computes in fp32, as the seeds'
+loop; ours in the config's precision: bf16 autocast where the CPU has native bf16 (`make train`'s rule), and
+then the project scenario also runs ours in fp32 (`ours_fp32`), for the ratio at equal precision.
+
+On a CUDA machine both sides run on the GPU (ours with `use_cpu=false`, bf16 as the config says).
 
 Figures per side: samples/s and non-pad tokens/s over the training loop (model loading and tokenising
 excluded on both sides), wall time of the whole process, peak RSS. `ratio` = ours / theirs samples/s.
@@ -21,7 +25,9 @@ from typing import Any
 import yaml
 
 from pipelines import lfcli
+from pipelines import train as lftrain
 from pipelines.bench import common, seeds
+from pipelines.gpu import has_cuda
 from pipelines.bench.data import prepare
 from pipelines.paths import ROOT, TINY_BASE, rel
 
@@ -53,8 +59,20 @@ def ours_overrides(*, model: str, data_dir: Path, out_dir: Path, samples: int, e
     return [f"{k}={v}" for k, v in o.items()]
 
 
+def _config(config: Path) -> dict[str, Any]:
+    return yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+
+
+def precision_overrides(config: Path, cuda: bool) -> list[str]:
+    """What `make train` would add for this machine: `use_cpu=false` on a CUDA machine (the tiny configs say
+    `use_cpu: true`), `bf16=false` on a CPU without native bf16."""
+    if cuda:
+        return ["use_cpu=false"]
+    return lftrain.precision_overrides(_config(config))
+
+
 def lora_settings(config: Path) -> dict[str, Any]:
-    raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    raw = _config(config)
     return {"rank": int(raw.get("lora_rank", 8)), "alpha": int(raw.get("lora_alpha", 16)),
             "dropout": float(raw.get("lora_dropout", 0.0)), "target": raw.get("lora_target", "all")}
 
@@ -124,6 +142,9 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
     data = prepare(work, data_source)
     write_seeds_prompt_data(data.dir)
     lora = lora_settings(config)
+    cuda = has_cuda()
+    precision = precision_overrides(config, cuda)
+    ours_bf16 = "bf16=false" not in precision and lftrain.truthy(str(_config(config).get("bf16")))
     echo(f"train: {samples} samples x {epochs} epoch(s), batch {BATCH}, LoRA r{lora['rank']}, "
          f"{data.source} CLUENER ({data.train_records} train records), {repeats} repeat(s)")
     per: dict[str, Any] = {}
@@ -134,22 +155,25 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
                       "--max-source", str(max_source), "--max-target", str(max_target),
                       "--lora-rank", str(lora["rank"]), "--lora-alpha", str(lora["alpha"]),
                       "--lora-dropout", str(lora["dropout"])]
-        ours_runs, their_runs = [], []
+        if cuda:
+            their_args += ["--device", "cuda"]
+        sides = ["ours", "theirs"] + (["ours_fp32"] if ours_bf16 and scenario == "project" else [])
+        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for i in range(repeats):
-            for side in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
+            for side in (sides if i % 2 == 0 else sides[::-1]):
                 echo(f"train [{scenario}]: repeat {i + 1}/{repeats}: {side} …")
-                tag = f"{scenario}-{i}"
-                if side == "ours":
+                tag = f"{scenario}-{side}-{i}"
+                if side.startswith("ours"):
                     ov = ours_overrides(model=model, data_dir=data.dir, out_dir=work / f"ours-out-{tag}",
                                         samples=samples, epochs=epochs, group_by_length=group_by_length,
-                                        dataset=dataset)
+                                        dataset=dataset) + precision + (["bf16=false"] if side == "ours_fp32" else [])
                     r = run_ours(config, ov, work, tag, samples * epochs)
-                    ours_runs.append(r)
                 else:
                     r = run_theirs(their_args, work, tag)
-                    their_runs.append(r)
+                runs[side].append(r)
                 echo(f"train [{scenario}]:   {side}: {r['samples_per_s']:.2f} samples/s, "
                      f"{r['tokens_per_s'] or 0:.0f} tokens/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+        ours_runs, their_runs = runs["ours"], runs["theirs"]
         ours, theirs = common.summarise_runs(ours_runs), common.summarise_runs(their_runs)
         med = common.median_of
         last = their_runs[-1]
@@ -170,8 +194,13 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
                 "prompts_truncated": last["prompts_truncated"], "responses_truncated": last["responses_truncated"],
                 "pad_fraction": last["pad_fraction"],
             },
-            "ours": ours, "theirs": theirs, "runs": {"ours": ours_runs, "theirs": their_runs},
+            "ours": ours, "theirs": theirs, "runs": runs,
         }
+        if "ours_fp32" in runs:
+            fp32 = common.summarise_runs(runs["ours_fp32"])
+            per[scenario]["ours_fp32"] = fp32
+            per[scenario]["ratios"]["samples_per_s at equal precision (ours fp32)"] = common.ratio(
+                med(fp32, "samples_per_s"), med(theirs, "samples_per_s"))
     result = common.envelope("train", quick=quick, repeats=repeats, settings={
         "model": model, "config": rel(config),
         "data": {"source": data.source, "raw": str(data.raw), "records": samples},
@@ -182,6 +211,10 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
                                   "prompt; the project's prompts carry the type list in the user turn, so 80 would "
                                   "cut them (see prompts_longer_than_seed_max_source)" if max_source == 0
                                   else f"given: {max_source}",
+        "device": "cuda" if cuda else "cpu",
+        "ours_precision": ("bf16 (CUDA)" if cuda else "bf16 autocast (the CPU has native bf16)") if ours_bf16
+                          else "fp32",
+        "theirs_precision": "fp32 (the seeds' loop)",
         "theirs_dataloader_workers": 0,
         "threads": lfcli.cli_env().get("OMP_NUM_THREADS"),
     })
@@ -200,13 +233,19 @@ FIGURES = [("samples/s", "samples_per_s"), ("tokens/s (non-pad)", "tokens_per_s"
 def render(result: dict[str, Any]) -> str:
     parts = []
     for name, sc in result["scenarios"].items():
-        rows = [[label, common.spread(sc["ours"].get(k)), common.spread(sc["theirs"].get(k))] for label, k in FIGURES]
+        fp32 = sc.get("ours_fp32")
+        rows = [[label, common.spread(sc["ours"].get(k)), *([common.spread(fp32.get(k))] if fp32 else []),
+                 common.spread(sc["theirs"].get(k))] for label, k in FIGURES]
         r, pad = sc["ratios"], sc["theirs_padding"]
+        precision = result["settings"].get("ours_precision", "fp32")
+        equal = r.get("samples_per_s at equal precision (ours fp32)")
         parts.append(
             f"train, {name}: {sc['description']}\n"
-            + common.table(["figure", "ours (LLaMA-Factory)", "theirs (seeds' loop)"], rows)
+            + common.table(["figure", f"ours (LLaMA-Factory, {precision})", *(["ours in fp32"] if fp32 else []),
+                            "theirs (seeds' loop, fp32)"], rows)
             + f"\nratio samples/s ours/theirs: {common.fmt(r['samples_per_s'])} (target ≥ {result['target_ratio']}); "
-            f"tokens/s: {common.fmt(r['tokens_per_s'])}; "
+            + (f"at equal precision (ours in fp32): {common.fmt(equal)}; " if equal else "")
+            + f"tokens/s: {common.fmt(r['tokens_per_s'])}; "
             f"peak RSS theirs/ours: {common.fmt(r['peak_rss (theirs/ours)'])}"
             f"\nsamples: prompt {common.fmt(pad.get('mean_prompt'))} tokens on average (longest {pad['longest_prompt']}), "
             f"answer {common.fmt(pad.get('mean_response'))} (longest {pad['longest_response']}); theirs pads every "
