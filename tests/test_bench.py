@@ -106,3 +106,49 @@ def test_report_writes_from_result_files(tmp_path):
     out = report.write(tmp_path, tmp_path / "BENCHMARKS.md")
     text = out.read_text(encoding="utf-8")
     assert "Quick mode" in text and "| convert   | quick | 0.5" in text
+
+
+def test_precision_of_ours_follows_make_train(tmp_path):
+    cpu_cfg = tmp_path / "cpu.yaml"
+    cpu_cfg.write_text("use_cpu: true\nbf16: true\n")
+    assert train.precision_overrides(cpu_cfg, cuda=True) == ["use_cpu=false"]  # the tiny configs on a GPU
+    from pipelines import gpu
+
+    expected = [] if gpu.cpu_native_bf16() else ["bf16=false"]
+    assert train.precision_overrides(cpu_cfg, cuda=False) == expected
+
+
+def _train_result(with_fp32: bool) -> dict:
+    def side(x: float) -> dict:
+        return {"samples_per_s": common.summarise([x]), "tokens_per_s": common.summarise([x * 200])}
+
+    scenario = {
+        "description": "d", "ours": side(120.0), "theirs": side(60.0),
+        "ratio": 2.0, "ratios": {"samples_per_s": 2.0, "tokens_per_s": 2.0, "peak_rss (theirs/ours)": 1.0},
+        "theirs_padding": {"max_source": 200, "max_target": 70, "longest_prompt": 200, "longest_response": 50,
+                           "mean_prompt": 150.0, "mean_response": 20.0, "pad_fraction": 0.3},
+    }
+    if with_fp32:
+        scenario["ours_fp32"] = side(90.0)
+        scenario["ratios"]["samples_per_s at equal precision (ours fp32)"] = 1.5
+    return {"benchmark": "train", "quick": False, "mode": "full", "repeats": 3, "measured_at": "2026-01-01T00:00:00",
+            "machine": {"cpu": "X", "cores": 2}, "ratio": 2.0, "ratios": scenario["ratios"], "target_ratio": 1.5,
+            "settings": {"model": "models/qwen2.5-0.5b-shape", "ours_precision": "bf16 autocast" if with_fp32 else "fp32"},
+            "ours": scenario["ours"], "theirs": scenario["theirs"], "scenarios": {"project": scenario}}
+
+
+def test_train_render_shows_the_fp32_side_and_the_equal_precision_ratio():
+    text = train.render(_train_result(True))
+    assert "ours in fp32" in text and "| 90 " in text and "at equal precision (ours in fp32): 1.5" in text
+    plain = train.render(_train_result(False))
+    assert "ours in fp32" not in plain and "equal precision" not in plain
+
+
+def test_report_adds_the_gpu_section_and_the_equal_precision_ratio(tmp_path):
+    common.write_result("train", _train_result(True), tmp_path)
+    common.write_result("train", _train_result(False), tmp_path / "gpu")
+    text = report.write(tmp_path, tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert "1.5 with ours in fp32 too" in text
+    assert "## train on a GPU" in text and "qwen2.5-0.5b-shape" in text
+    (tmp_path / "gpu" / "train.json").unlink()
+    assert "## train on a GPU" not in report.write(tmp_path, tmp_path / "B2.md").read_text(encoding="utf-8")

@@ -47,6 +47,22 @@ def test_every_config_passes_the_check(name, monkeypatch, converted_data_dir, ti
         assert not report.warnings, report.render()  # the tiny configs' cutoff_len covers their data's p99
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_passes_the_parser_and_notes_a_cpu_without_native_bf16(native, monkeypatch, converted_data_dir,
+                                                                         tiny_base_dir):
+    # The tiny configs ask for bf16 with use_cpu: LLaMA-Factory's parser (transformers) accepts that as CPU
+    # autocast, so it is parsed as written; where the CPU has no native bf16 a note says make train uses fp32.
+    monkeypatch.setattr(check, "cpu_native_bf16", lambda: native)
+    report = check.check_config(ROOT / TINY, [f"dataset_dir={converted_data_dir}"], gpu=False)
+    assert report.ok, report.render()
+    assert report.merged["bf16"] is True and report.merged["use_cpu"] is True
+    assert not any("validated as false" in n for n in report.notes)
+    assert any("no native bf16" in n for n in report.notes) is not native
+    # without use_cpu, bf16 still needs a GPU: validated as false with its note
+    gpu_cfg = check.check_config(ROOT / TINY, [f"dataset_dir={converted_data_dir}", "use_cpu=false"], gpu=False)
+    assert gpu_cfg.ok and any("validated as false" in n for n in gpu_cfg.notes)
+
+
 def test_tracking_is_tensorboard_with_swanlab_documented():
     for name in CONFIGS:
         if name.startswith(("tiny_lora", "qwen")):

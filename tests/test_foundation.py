@@ -34,6 +34,23 @@ def test_has_cuda(monkeypatch, env, which, smi_out, expected):
     assert has_cuda(env) is expected
 
 
+@pytest.mark.parametrize(
+    "cpuinfo, expected",
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n", True),
+        ("flags\t\t: fpu avx2 amx_bf16 amx_tile\n", True),
+        ("Features\t: fp asimd bf16 i8mm\n", True),  # Arm
+        ("flags\t\t: fpu sse avx2 avx512f avx512bw\n", False),  # AVX-512 without BF16
+        ("model name\t: some cpu avx512_bf16\n", False),  # only the flags line counts
+        ("", False),
+    ],
+)
+def test_cpu_native_bf16_reads_the_flags(cpuinfo, expected):
+    from pipelines.gpu import cpu_native_bf16
+
+    assert cpu_native_bf16(cpuinfo) is expected
+
+
 def test_has_cuda_rejects_unknown_forced_value():
     with pytest.raises(ValueError, match="PIPELINES_DEVICE"):
         has_cuda({"PIPELINES_DEVICE": "tpu"})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import QUICK_TRAIN, train_environ
 
-from pipelines import export, sweep, train
+from pipelines import export, gpu, sweep, train
 from pipelines.paths import ROOT, file_sha256, weights_fingerprint
 
 CONFIG = "conf/tiny_lora_cluener.yaml"
@@ -56,6 +56,27 @@ def test_tiny_config_trains_an_adapter_with_a_manifest(tiny_cluener_adapter: Pat
     assert math.isfinite(m["results"]["train_loss"]) and math.isfinite(m["results"]["eval_loss"])
     assert m["results"]["global_step"] == 6  # 48 samples, batch 8, one epoch
     assert m["base_model"] == {"path": str(tiny_base_dir), "weights_fingerprint": weights_fingerprint(tiny_base_dir)}
+    # bf16 autocast where this CPU has native bf16, else make train's fp32 fallback, recorded as an override
+    native = gpu.cpu_native_bf16()
+    assert m["config"]["bf16"] is native and ("bf16=false" in m["overrides"]) is not native
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:  # trained in bf16, saved in fp32
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float32"}
+
+
+@pytest.mark.parametrize(
+    "cfg, native, expected",
+    [
+        ({"use_cpu": True, "bf16": True}, False, ["bf16=false"]),
+        ({"use_cpu": True, "bf16": True}, True, []),
+        ({"use_cpu": "true", "bf16": "true"}, False, ["bf16=false"]),  # as key=value overrides give them
+        ({"use_cpu": True, "bf16": False}, False, []),
+        ({"bf16": True}, False, []),  # a GPU config: bf16 is the GPU's business
+    ],
+)
+def test_precision_overrides(cfg, native, expected):
+    assert train.precision_overrides(cfg, native_bf16=native) == expected
 
 
 @pytest.mark.slow
