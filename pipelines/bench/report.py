@@ -108,7 +108,7 @@ NOTES = """## Reading the figures
   On a small CPU machine the client and the server share the cores, so both clients slow the server alike.
   `vllm bench serve` always streams (one server-sent event per token, parsed by its client) while the evaluator
   asks for whole answers, so an efficiency above 1 is expected; "client CPU ms/req" is the evaluator's own cost.
-- **eval, what moved the ratio from 1.5 to 8.** (1) vLLM's CPU LoRA ops copy the adapter's A and B matrices
+- **eval, what moved the ratio from 1.5 to 8** (figures of an earlier, slower 2-core machine). (1) vLLM's CPU LoRA ops copy the adapter's A and B matrices
   once per token; the project's vLLM plugin (`pipelines/vllm_cpu_lora.py`) does one GEMM per adapter instead:
   `vllm bench serve` with the adapter at concurrency 64 went from 19 to 47 prompts/s (the base model alone: 52).
   (2) The server ran in a new session; with the kernel's autogroup scheduling that made it a CPU group of its own,

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from pipelines import lfcli
+import yaml
+
+from pipelines import lfcli, train
 from pipelines.bench import common
 from pipelines.paths import ROOT, TINY_BASE
 
@@ -43,6 +45,7 @@ def ensure_adapter(work: Path, data_dir: Path, adapter: str | None, *, samples: 
     echo(f"bench: no adapter at {DEFAULT_ADAPTER}; training one ({samples} samples, 1 epoch) into {out}")
     overrides = [f"dataset_dir={data_dir}", f"max_samples={samples}", "num_train_epochs=1", "eval_dataset=null",
                  "do_eval=false", f"output_dir={out}", "report_to=none", "plot_loss=false", "logging_steps=1000"]
+    overrides += train.precision_overrides(yaml.safe_load(CONFIG.read_text(encoding="utf-8")))  # as make train
     run = common.run_child(lfcli.cli("train", str(CONFIG), *overrides), work.parent / "adapter.log",
                            env=lfcli.cli_env())
     common.check_child(run, "training the benchmark's adapter")
