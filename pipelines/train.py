@@ -186,8 +186,24 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def final_losses(output_dir: Path) -> dict:
-    """train/eval loss of the finished run: all_results.json, and the last logged values of trainer_state.json."""
+def logged_mean_loss(history: list[dict]) -> float | None:
+    """The mean training loss over all steps, from the losses logged every `logging_steps` (each the mean of its
+    interval, so weighted by the steps it covers)."""
+    total, steps, prev = 0.0, 0, 0
+    for h in history:
+        if "loss" in h and isinstance(h.get("step"), int) and h["step"] > prev:
+            total += float(h["loss"]) * (h["step"] - prev)
+            steps += h["step"] - prev
+            prev = h["step"]
+    return total / steps if steps else None
+
+
+def final_losses(output_dir: Path, resumed: bool = False) -> dict:
+    """train/eval loss of the finished run: all_results.json, and the last logged values of trainer_state.json.
+
+    After a resume the Trainer's `train_loss` divides the loss of the steps it ran by all the run's steps
+    (e.g. 0.64 where the losses logged were 1.2–1.3), so `train_loss` is then the mean of the logged losses and
+    the Trainer's figure is kept as `trainer_train_loss`."""
     out: dict = {}
     results = output_dir / "all_results.json"
     if results.is_file():
@@ -205,6 +221,11 @@ def final_losses(output_dir: Path) -> dict:
             out["last_logged_step"] = last_loss.get("step")
         if last_eval and "eval_loss" not in out:
             out["eval_loss"] = last_eval["eval_loss"]
+        mean = logged_mean_loss(history)
+        if resumed and mean is not None:
+            if "train_loss" in out:
+                out["trainer_train_loss"] = out["train_loss"]
+            out["train_loss"] = mean
     return out
 
 
@@ -235,7 +256,7 @@ def write_manifest(output_dir: Path, *, config: str, overrides: list[str], cfg: 
         "ended": datetime.fromtimestamp(ended, UTC).isoformat(timespec="seconds"),
         "duration_s": round(ended - started, 1),
         "exit_code": exit_code,
-        "results": final_losses(output_dir),
+        "results": final_losses(output_dir, resumed=resumed_from is not None),
     }
     path = output_dir / MANIFEST
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -176,6 +176,19 @@ def test_interrupted_run_resumes_from_its_latest_checkpoint(tmp_path: Path, tiny
     assert [h for h in state["log_history"] if "loss" in h and h["step"] <= killed_at] == \
            [h for h in before if "loss" in h]
     assert (out / "adapter_model.safetensors").is_file()
+    # the manifest's train_loss is the mean of every logged step (logging_steps=1 here), not the Trainer's figure,
+    # which after a resume divides the resumed steps' loss by all the run's steps
+    logged = [h["loss"] for h in state["log_history"] if "loss" in h]
+    res = manifest["results"]
+    assert res["train_loss"] == pytest.approx(sum(logged) / len(logged))
+    assert res["trainer_train_loss"] < res["train_loss"]
+
+
+def test_logged_mean_loss_weights_each_logged_loss_by_its_steps():
+    history = [{"loss": 3.0, "step": 4}, {"eval_loss": 9.0, "step": 4}, {"loss": 1.0, "step": 8},
+               {"loss": 2.0, "step": 10}, {"train_loss": 0.5, "step": 10}]
+    assert train.logged_mean_loss(history) == pytest.approx((3.0 * 4 + 1.0 * 4 + 2.0 * 2) / 10)
+    assert train.logged_mean_loss([{"eval_loss": 1.0, "step": 2}]) is None
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(tmp_path: Path, capsys, tiny_base_dir, converted_data_dir):
