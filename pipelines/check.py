@@ -318,7 +318,7 @@ def parse_with_llamafactory(cfg: dict, known: set[str], gpu: bool) -> tuple[list
         half = [k for k in (("pure_bf16",) if on_cpu else ("bf16", "fp16", "pure_bf16")) if truthy(parsed.get(k))]
         if on_cpu and truthy(parsed.get("bf16")) and not cpu_native_bf16():
             notes.append("`bf16` with `use_cpu`: this CPU has no native bf16 (AVX512-BF16, AMX), so `make train` "
-                         "trains in fp32 here (`bf16=false`), which is faster on it.")
+                         "trains in fp32 here (`bf16=false`) rather than emulate bf16.")
         if half:
             notes.append(f"{_quote(half)} validated as false: this machine has no GPU, so training this config "
                          "needs a GPU machine.")

@@ -306,8 +306,8 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         model = str(cfg.get("model_name_or_path") or "")
         extra = precision_overrides(cfg)
         if extra:
-            print("train: this CPU has no native bf16 (AVX512-BF16, AMX), where bf16 autocast is emulated and "
-                  "slower; training in fp32 (`bf16=false`).", flush=True)
+            print("train: this CPU has no native bf16 (AVX512-BF16, AMX), so bf16 autocast would only be emulated "
+                  "here; training in fp32 (`bf16=false`).", flush=True)
             args.overrides += extra
             cfg = {**cfg, "bf16": False}
         cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,

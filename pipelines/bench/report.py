@@ -88,7 +88,8 @@ NOTES = """## Reading the figures
   What reaches the target: the tiny configs train in bf16 autocast (`bf16: true` with `use_cpu: true`), as the
   GPU configs do in bf16; on a CPU with native bf16 (AVX512-BF16 or AMX, as here) that is about 1.4x faster
   than fp32 with the same loss (5.828 vs 5.826 after these 30 steps; the demo's NER adapter: type-F1 0.84 vs
-  0.78), and `make train` falls back to fp32 on a CPU without native bf16, where bf16 is emulated and slower.
+  0.78), and `make train` falls back to fp32 on a CPU without native bf16, where bf16 would only be
+  emulated.
   The seeds' loop stays fp32, as the seeds trained the 0.5B model. "ours in fp32" is the same config with
   `bf16=false`: the ratio at equal precision, i.e. what padding alone buys. It is bounded by the padding:
   a py-spy profile of ours is 57% backward, 26% linear layers forward, 4% attention, 3% cross-entropy (compute
@@ -108,8 +109,8 @@ NOTES = """## Reading the figures
   On a small CPU machine the client and the server share the cores, so both clients slow the server alike.
   `vllm bench serve` always streams (one server-sent event per token, parsed by its client) while the evaluator
   asks for whole answers, so an efficiency above 1 is expected; "client CPU ms/req" is the evaluator's own cost.
-- **eval, what moved the ratio from 1.5 to 8** (figures of an earlier, slower 2-core machine). (1) vLLM's CPU LoRA ops copy the adapter's A and B matrices
-  once per token; the project's vLLM plugin (`pipelines/vllm_cpu_lora.py`) does one GEMM per adapter instead:
+- **eval, what moved the ratio from 1.5 to 8** (figures of an earlier, slower 2-core machine). (1) vLLM's CPU
+  LoRA ops copy the adapter's A and B matrices once per token; the project's vLLM plugin (`pipelines/vllm_cpu_lora.py`) does one GEMM per adapter instead:
   `vllm bench serve` with the adapter at concurrency 64 went from 19 to 47 prompts/s (the base model alone: 52).
   (2) The server ran in a new session; with the kernel's autogroup scheduling that made it a CPU group of its own,
   and on 2 cores the engine's spin-waiting starved the API server: 9–13 prompts/s at concurrency 16 instead of

@@ -27,8 +27,8 @@ import yaml
 from pipelines import lfcli
 from pipelines import train as lftrain
 from pipelines.bench import common, seeds
-from pipelines.gpu import has_cuda
 from pipelines.bench.data import prepare
+from pipelines.gpu import has_cuda
 from pipelines.paths import ROOT, TINY_BASE, rel
 
 DEFAULT_CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
