@@ -35,9 +35,11 @@ def _machine(results: list[dict[str, Any]]) -> str:
         if key in seen:
             continue
         seen.add(key)
+        device = "CUDA" if (r.get("settings") or {}).get("device") == "cuda" else "CPU"
         lines.append(f"- {m.get('cpu')}, {m.get('cores')} usable cores, {m.get('memory_gib')} GiB; {m.get('os')}; "
                      f"Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
-                     f"peft {m.get('peft')}, LLaMA-Factory {m.get('llamafactory')}, vLLM {m.get('vllm')} (CPU)")
+                     f"peft {m.get('peft')}, LLaMA-Factory {m.get('llamafactory')}, vLLM {m.get('vllm')}; "
+                     f"on the {device}")
     for r in results:
         m = r["machine"]
         threads = m.get("omp_num_threads") or "the usable cores"
