@@ -7,6 +7,10 @@ and writes `bench/results/<name>.json`: per side the median, min and max of each
 `ratio` (ours / theirs, higher is better). `report` (also run after `all`) rewrites `BENCHMARKS.md` from the
 result files. Benchmarks print figures; they are not tests (only the pure parts are unit-tested).
 
+On a CUDA machine `train` runs both sides on the GPU; with no model hub there, `python -m pipelines.shaped_model
+--shape qwen2.5-0.5b` gives it a model of Qwen2.5-0.5B's shape (`--train-model models/qwen2.5-0.5b-shape`).
+Such a result, copied to `bench/results/gpu/train.json`, gets its own section in BENCHMARKS.md.
+
 Modules: `common` (summaries, tables, child processes with their peak RSS), `seeds` (the seeds' hand-written
 training loop, one-at-a-time `generate` and converter, re-implemented), `data` (CLUENER converted into a
 temporary folder, never into the repository), `server` (a vLLM server through `pipelines.serve`), the three
