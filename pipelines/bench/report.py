@@ -71,7 +71,7 @@ def _gpu_section(result: dict[str, Any]) -> str:
             f"{m.get('peft')}, LLaMA-Factory {m.get('llamafactory')}; both sides on the GPU, with `{model}` "
             "(`python -m pipelines.shaped_model --shape qwen2.5-0.5b`: Qwen2.5-0.5B's layers, widths and 151,936-token "
             "vocabulary with random weights, since that machine reaches no model hub; speed depends on the shape, "
-            "not the weights). Kept in `bench/results/gpu/train.json`; `make bench` does not rewrite it.\n\n"
+            "not the weights; sequence lengths are the tiny tokenizer's). Kept in `bench/results/gpu/train.json`; `make bench` does not rewrite it.\n\n"
             f"```\n{train.render(result)}\n```\n\nCommand (on the GPU machine): `{result.get('command')}`\n")
 
 
