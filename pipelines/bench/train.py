@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pipelines import lfcli
+from pipelines import check, lfcli
 from pipelines import train as lftrain
 from pipelines.bench import common, seeds
 from pipelines.bench.data import prepare
@@ -144,7 +144,7 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
     lora = lora_settings(config)
     cuda = has_cuda()
     precision = precision_overrides(config, cuda)
-    ours_bf16 = "bf16=false" not in precision and lftrain.truthy(str(_config(config).get("bf16")))
+    ours_bf16 = "bf16=false" not in precision and check.truthy(_config(config).get("bf16"))
     echo(f"train: {samples} samples x {epochs} epoch(s), batch {BATCH}, LoRA r{lora['rank']}, "
          f"{data.source} CLUENER ({data.train_records} train records), {repeats} repeat(s)")
     per: dict[str, Any] = {}
