@@ -36,6 +36,10 @@ def rel(path: str | Path) -> str:
         return str(path)
 
 
+#: The record `pipelines.train` writes beside each trained model or adapter (read by serve and the run report).
+TRAIN_MANIFEST = "pipelines_manifest.json"
+
+
 def venv_bin(venv: Path, name: str) -> Path:
     """The path of executable `name` inside virtual environment `venv`."""
     return venv / ("Scripts" if os.name == "nt" else "bin") / name

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipelines.paths import TRAIN_MANIFEST
+
 # What the demo must show (bundled NER validation split, ruozhiba validation split), checked at the end.
 CRITERIA = [
     ("NER adapter valid-JSON rate ≥ 0.95", lambda ner, gen, b, a: 1 - ner[a]["invalid_json_rate"] >= 0.95),
@@ -103,7 +105,7 @@ def write(run_dir: Path, base: str) -> Path:
     lines += ["## Training", ""]
     for task in ("cluener", "ruozhiba"):
         adapter = run_dir / "adapters" / task
-        manifest = adapter / "pipelines_manifest.json"
+        manifest = adapter / TRAIN_MANIFEST
         if manifest.exists():
             res = json.loads(manifest.read_text(encoding="utf-8")).get("results") or {}
             figures = {k: res[k] for k in ("train_loss", "eval_loss", "train_runtime", "global_step") if k in res}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.paths import ROOT, resolve, weights_fingerprint
+from pipelines.paths import ROOT, TRAIN_MANIFEST, resolve, weights_fingerprint
 
 #: The values vLLM accepts for `--max-lora-rank` (vllm/config/lora.py, `MaxLoRARanks`).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -249,9 +249,6 @@ def inspect_adapter(name: str, path: str | Path, served_model: str, max_rank: in
     if stale:
         problems.append(stale)
     return AdapterInfo(name, folder.resolve(), rank, base), problems
-
-
-TRAIN_MANIFEST = "pipelines_manifest.json"  # written by pipelines.train beside each trained adapter
 
 
 def stale_base(name: str, folder: Path, served_model: str, base_dir: Path = ROOT) -> str | None:

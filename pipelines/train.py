@@ -34,9 +34,9 @@ from importlib import metadata
 from pathlib import Path
 
 from pipelines import check, gpu, lfcli
-from pipelines.paths import ROOT, file_sha256, rel, resolve, weights_fingerprint
+from pipelines.paths import ROOT, TRAIN_MANIFEST, file_sha256, rel, resolve, weights_fingerprint
 
-MANIFEST = "pipelines_manifest.json"
+MANIFEST = TRAIN_MANIFEST
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
 PACKAGES = ("llamafactory", "transformers", "peft", "torch", "accelerate", "datasets", "trl", "tokenizers",
