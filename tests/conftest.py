@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import tiny_base, tiny_model
-from pipelines.paths import TINY_BASE, TINY_MODEL
+from pipelines.common.paths import TINY_BASE, TINY_MODEL
+from pipelines.models import pretrain as tiny_base
+from pipelines.models import tiny as tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +25,7 @@ def tiny_base_dir(tiny_model_dir: Path) -> Path:
     return Path(TINY_BASE)
 
 
-# ---- training (issue 4) -------------------------------------------------------------------------------------
+# ---- training -------------------------------------------------------------------------------------
 
 #: Overrides that keep a fixture training run of conf/tiny_lora_*.yaml to some seconds on the CPU.
 QUICK_TRAIN = ["max_samples=48", "num_train_epochs=1", "per_device_train_batch_size=8", "logging_steps=1",
@@ -35,7 +36,7 @@ def train_environ(**extra: str) -> dict[str, str]:
     """This process's environment without the launch variables a developer may have exported, plus `extra`."""
     import os
 
-    from pipelines.train import CONTROL_VARS, DIST_VARS
+    from pipelines.train.launch import CONTROL_VARS, DIST_VARS
 
     drop = (*CONTROL_VARS, *DIST_VARS)
     return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
@@ -43,9 +44,9 @@ def train_environ(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def converted_data_dir(tmp_path_factory) -> Path:
-    """cluener and ruozhiba samples converted (`pipelines.convert`) into a temporary dataset_dir."""
-    from pipelines import convert
-    from pipelines.paths import RAW_DIR
+    """cluener and ruozhiba samples converted (`pipelines.data.convert`) into a temporary dataset_dir."""
+    from pipelines.common.paths import RAW_DIR
+    from pipelines.data import convert
 
     out = tmp_path_factory.mktemp("converted-data")
     assert convert.main(["cluener", "--raw", str(RAW_DIR / "cluener_sample"), "--out-dir", str(out)]) == 0
@@ -55,9 +56,9 @@ def converted_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cluener_adapter(tmp_path_factory, tiny_base_dir: Path, converted_data_dir: Path) -> Path:
-    """A LoRA adapter of the tiny base trained for real by `pipelines.train` (llamafactory-cli) from
+    """A LoRA adapter of the tiny base trained for real by `pipelines.train.launch` (llamafactory-cli) from
     conf/tiny_lora_cluener.yaml, cut down to 48 samples and one epoch; its manifest lies beside it."""
-    from pipelines import train
+    from pipelines.train import launch as train
 
     out = tmp_path_factory.mktemp("train") / "cluener"
     rc = train.main(["conf/tiny_lora_cluener.yaml", f"model_name_or_path={tiny_base_dir}",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.paths import SHARED_DATASETS
+from pipelines.common.paths import SHARED_DATASETS
 
 
 def shared(*parts: str) -> Path:

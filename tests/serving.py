@@ -1,31 +1,23 @@
 """Helpers for tests that need a real vLLM server (no fixtures here; they live in the test modules).
 
-`served(cfg)` starts the server through the launcher (`pipelines.serve.start`: free loopback port, polls
-`/health` and `/v1/models`, raises "server exited: …" / "server failed to start in time …") and stops its
-whole process group on exit (SIGTERM, then SIGKILL). `make_lora_adapter` writes a small PEFT LoRA adapter
+`served(cfg)` is `pipelines.serve.running` with the tests' start timeout: it starts the server through the
+launcher (polls `/health` and `/v1/models`, raises "server exited: …" / "server failed to start in time …")
+and stops its whole process group on exit (SIGTERM, then SIGKILL). `make_lora_adapter` writes a small PEFT LoRA adapter
 with random, non-zero B weights, so that its outputs differ from the base model's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines import serve
-from pipelines.serve_config import ServeConfig
+from pipelines.serve.config import ServeConfig
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 #: Seconds a test waits for a server; CPU start-up (torch compile warm-up included) is about a minute.
 START_TIMEOUT = float(os.environ.get("SERVE_TEST_TIMEOUT", "420"))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def make_lora_adapter(base: str | Path, out: Path, r: int = 8, seed: int = 0, std: float = 0.2) -> Path:
@@ -50,11 +42,7 @@ def make_lora_adapter(base: str | Path, out: Path, r: int = 8, seed: int = 0, st
     return out
 
 
-@contextlib.contextmanager
 def served(cfg: ServeConfig, run_dir: Path, env: Mapping[str, str] | None = None,
-           timeout: float = START_TIMEOUT) -> Iterator[serve.Served]:
+           timeout: float = START_TIMEOUT):
     """Start `cfg` with the launcher, yield the running server, stop it (no process left) on exit."""
-    try:
-        yield serve.start(cfg, run_dir=run_dir, env=env, timeout=timeout)
-    finally:
-        serve.stop(cfg.port, run_dir, grace=15.0)
+    return serve.running(cfg, run_dir, env=env, timeout=timeout)

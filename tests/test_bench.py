@@ -100,7 +100,7 @@ def test_report_writes_from_result_files(tmp_path):
         "repeats": 1, "measured_at": "2026-01-01T00:00:00", "machine": {"cpu": "X", "cores": 2},
         "settings": {"data": {"source": "real"}}, "ratio": 0.5,
         "ours": {"records_per_s": common.summarise([10.0])}, "theirs": {"records_per_s": common.summarise([20.0])},
-        "launch": None, "command": "python -m pipelines.bench convert",
+        "launch": None, "command": "python -m pipelines bench convert",
     }
     common.write_result("convert", result, tmp_path)
     out = report.write(tmp_path, tmp_path / "BENCHMARKS.md")
@@ -112,7 +112,7 @@ def test_precision_of_ours_follows_make_train(tmp_path):
     cpu_cfg = tmp_path / "cpu.yaml"
     cpu_cfg.write_text("use_cpu: true\nbf16: true\n")
     assert train.precision_overrides(cpu_cfg, cuda=True) == ["use_cpu=false"]  # the tiny configs on a GPU
-    from pipelines import gpu
+    from pipelines.common import device as gpu
 
     expected = [] if gpu.cpu_native_bf16() else ["bf16=false"]
     assert train.precision_overrides(cpu_cfg, cuda=False) == expected

@@ -1,4 +1,4 @@
-"""Issue 4: `pipelines.check` — every config of conf/ passes; each bad config gives its one sentence, no traceback."""
+"""`pipelines.train.check` — every config of conf/ passes; each bad config gives its one sentence, no traceback."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import check
-from pipelines.paths import ROOT
+from pipelines.common.lora import servable_rank
+from pipelines.common.paths import ROOT
+from pipelines.train import check
 
 CONFIGS = sorted(p.name for p in (ROOT / "conf").glob("*.yaml"))
 TINY = "conf/tiny_lora_cluener.yaml"
@@ -144,9 +145,9 @@ def test_bad_config_gives_one_sentence(name, overrides, expected, capsys, conver
 
 
 def test_all_problems_at_once_via_the_command_line(converted_data_dir, tiny_base_dir):
-    """The real `python -m pipelines.check` process: every problem listed, exit 1, no traceback."""
+    """The real `python -m pipelines check` process: every problem listed, exit 1, no traceback."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.check", TINY, f"model_name_or_path={tiny_base_dir}",
+        [sys.executable, "-m", "pipelines.train.check", TINY, f"model_name_or_path={tiny_base_dir}",
          f"dataset_dir={converted_data_dir}", "lora_rnk=8", "dataset=cluener_trian", "modules_to_save=lm_head",
          "lora_rank=1024", "template=llama3"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -180,8 +181,8 @@ def test_hub_model_family_from_the_name():
 
 @pytest.mark.parametrize("rank, flag", [(1, 1), (4, 8), (8, 8), (64, 64), (100, 128), (300, 320), (512, 512),
                                         (513, None)])
-def test_vllm_max_lora_rank(rank, flag):
-    assert check.vllm_max_lora_rank(rank) == flag
+def test_servable_rank(rank, flag):
+    assert servable_rank(rank) == flag
 
 
 def test_unreadable_configs(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""`pipelines.convert` end to end: the bundled samples, bad input, the real data sets, LLaMA-Factory's loader."""
+"""`pipelines.data.convert` end to end: the bundled samples, bad input, the real data sets, LLaMA-Factory's loader."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipelines import convert, samples
-from pipelines.converters import CLUENER_TYPES
-from pipelines.paths import RAW_DIR, ROOT
 from realdata import shared
+
+from pipelines.common.paths import RAW_DIR, ROOT
+from pipelines.data import convert, samples
+from pipelines.data.converters import CLUENER_TYPES
 
 GOOD1 = '{"text": "张三在北京", "label": {"name": {"张三": [[0, 1]]}, "address": {"北京": [[3, 4]]}}}'
 GOOD2 = '{"text": "今天天气晴朗", "label": {}}'
@@ -132,7 +132,7 @@ def test_bad_input_with_skip(tmp_path, capsys, name, source, content, line, word
 
 def test_cli_process_exits_nonzero_without_traceback(tmp_path):
     raw, path = raw_for(tmp_path, "cluener", lines(GOOD1, '{"text": "王五"}'))
-    proc = subprocess.run([sys.executable, "-m", "pipelines.convert", "cluener", "--raw", str(raw),
+    proc = subprocess.run([sys.executable, "-m", "pipelines.data.convert", "cluener", "--raw", str(raw),
                            "--out-dir", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 1
     assert proc.stderr == (f"error: `{path}` line 2: the key `label` is missing; fix the row or rerun with "
@@ -177,7 +177,7 @@ def test_samples_regenerate_byte_identical():
     rendered = samples.render()
     assert len(rendered) == 5
     for rel, text in rendered.items():
-        assert (RAW_DIR / rel).read_bytes() == text.encode("utf-8"), f"rerun `python -m pipelines.samples`: {rel}"
+        assert (RAW_DIR / rel).read_bytes() == text.encode("utf-8"), f"rerun `python -m pipelines samples`: {rel}"
 
 
 def test_cluener_sample_looks_like_cluener():

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipelines import converters
-from pipelines.converters import (
+from pipelines.data import converters
+from pipelines.data.converters import (
     CLUENER_INSTRUCTIONS,
     CLUENER_SYSTEM,
     CLUENER_TYPES,

@@ -1,4 +1,4 @@
-"""`pipelines.download` against files served from 127.0.0.1 (no internet needed)."""
+"""`pipelines.data.download` against files served from 127.0.0.1 (no internet needed)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from pipelines import download
-from pipelines.download import DownloadError
 from realdata import shared
+
+from pipelines.data import download
+from pipelines.data.download import DownloadError
 
 FAKE = {"train.json": b'{"text": "a", "label": {}}\n', "dev.json": b'{"text": "b", "label": {}}\n',
         "test.json": b'{"id": 0, "text": "c"}\n'}

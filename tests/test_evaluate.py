@@ -20,25 +20,14 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-from serving import free_port
 
-from pipelines.evaluate import (
-    EVAL_SPEC_VERSION,
-    EvalError,
-    RetryPolicy,
-    build_messages,
-    build_request,
-    estimate_max_tokens,
-    fit_max_tokens,
-    load_done,
-    load_records,
-    main,
-    missing_models,
-    prompt_token_bound,
-    request_key,
-    run_eval,
-    user_text,
-)
+from pipelines.common.net import free_port
+from pipelines.data.records import RecordError, build_messages, load_records, user_text
+from pipelines.eval import EvalError
+from pipelines.eval.client import RetryPolicy, missing_models
+from pipelines.eval.evaluate import EVAL_SPEC_VERSION, main, run_eval
+from pipelines.eval.predictions import load_done
+from pipelines.eval.prompts import build_request, estimate_max_tokens, fit_max_tokens, prompt_token_bound, request_key
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -220,7 +209,7 @@ def test_load_records_errors(tmp_path, name, content, expected):
     path = tmp_path / "data.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(EvalError, match=expected):
+    with pytest.raises(RecordError, match=expected):
         load_records(path)
 
 
@@ -361,7 +350,7 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
     with GoldEcho(NER_DATA, answers={"adapter": drop_last_entity("ner-02")}, delay=0.3) as srv:
         args = ["--base-url", srv.url, "--task", "cluener", "--data", str(NER_DATA), "--model", "adapter",
                 "--concurrency", "2", "--no-progress"]
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.evaluate", *args, "--out", str(out)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.eval.evaluate", *args, "--out", str(out)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         preds = out / "adapter" / "predictions.jsonl"
         deadline = time.monotonic() + 60
@@ -386,7 +375,7 @@ def test_kill_and_resume_gives_identical_metrics(tmp_path):
 
 
 def test_parity_mismatch_stops_before_any_request(tmp_path, monkeypatch):
-    from pipelines import parity
+    from pipelines.eval import parity
 
     seen = {}
 
@@ -408,7 +397,7 @@ def test_parity_mismatch_stops_before_any_request(tmp_path, monkeypatch):
 
 
 def test_the_scoring_path_imports_neither_llamafactory_nor_vllm():
-    code = ("import sys, pipelines.evaluate, pipelines.scoring, pipelines.report, pipelines.judge; "
+    code = ("import sys, pipelines.eval.evaluate, pipelines.eval.scoring, pipelines.eval.report, pipelines.eval.judge; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'llamafactory', 'transformers', 'vllm', 'torch'}))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"

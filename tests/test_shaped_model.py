@@ -1,11 +1,11 @@
-"""`pipelines.shaped_model`: a random-weight model of a given shape with the tiny tokenizer (GPU throughput)."""
+"""`pipelines.models.shaped`: a random-weight model of a given shape with the tiny tokenizer (GPU throughput)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from pipelines import shaped_model
+from pipelines.models import shaped as shaped_model
 
 
 def test_shapes_are_qwen25s():

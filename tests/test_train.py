@@ -1,4 +1,4 @@
-"""Issue 4: real LoRA training on the CPU with llamafactory-cli — adapter, manifest, resume, export, sweep."""
+"""Real LoRA training on the CPU with llamafactory-cli — adapter, manifest, resume, export, sweep."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from conftest import QUICK_TRAIN, train_environ
 
-from pipelines import export, gpu, sweep, train
-from pipelines.paths import ROOT, file_sha256, weights_fingerprint
+from pipelines.common import device as gpu
+from pipelines.common.io import file_sha256, weights_fingerprint
+from pipelines.common.paths import ROOT, TRAIN_MANIFEST
+from pipelines.train import export, manifest, sweep
+from pipelines.train import launch as train
 
 CONFIG = "conf/tiny_lora_cluener.yaml"
 PROMPTS = ["<|im_start|>user\n抽取实体：张伟在北京大学工作。<|im_end|>\n<|im_start|>assistant\n",
@@ -42,7 +45,7 @@ def test_tiny_config_trains_an_adapter_with_a_manifest(tiny_cluener_adapter: Pat
                                               "down_proj"}
     assert not adapter.get("modules_to_save") and not adapter.get("use_dora")
 
-    m = json.loads((out / train.MANIFEST).read_text())
+    m = json.loads((out / TRAIN_MANIFEST).read_text())
     assert m["config_file"] == CONFIG and m["exit_code"] == 0
     assert m["config"]["lora_rank"] == 64 and m["config"]["max_samples"] == 48
     assert m["config"]["output_dir"] == str(out) and m["config"]["template"] == "qwen"
@@ -141,7 +144,7 @@ def test_interrupted_run_resumes_from_its_latest_checkpoint(tmp_path: Path, tiny
               "logging_steps=1", "do_eval=false", "plot_loss=false", "report_to=none", "--no-check"]
     # 1. A long run, killed (SIGKILL to its own process group) once it has written checkpoint-4.
     log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train", *common, "max_steps=400"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.train.launch", *common, "max_steps=400"], cwd=ROOT,
                             env=train_environ(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 600
@@ -163,7 +166,7 @@ def test_interrupted_run_resumes_from_its_latest_checkpoint(tmp_path: Path, tiny
     target = killed_at + 4
     rc = train.main([*common, f"max_steps={target}"], environ=train_environ(RESUME="1"))
     assert rc == 0
-    manifest = json.loads((out / train.MANIFEST).read_text())
+    manifest = json.loads((out / TRAIN_MANIFEST).read_text())
     assert manifest["resumed_from"] == str(latest)  # (relative to the repository root when it lies inside)
     assert manifest["config"]["resume_from_checkpoint"] == manifest["resumed_from"]
     assert manifest["command"][-2:] == [f"resume_from_checkpoint={manifest['resumed_from']}",
@@ -187,8 +190,8 @@ def test_interrupted_run_resumes_from_its_latest_checkpoint(tmp_path: Path, tiny
 def test_logged_mean_loss_weights_each_logged_loss_by_its_steps():
     history = [{"loss": 3.0, "step": 4}, {"eval_loss": 9.0, "step": 4}, {"loss": 1.0, "step": 8},
                {"loss": 2.0, "step": 10}, {"train_loss": 0.5, "step": 10}]
-    assert train.logged_mean_loss(history) == pytest.approx((3.0 * 4 + 1.0 * 4 + 2.0 * 2) / 10)
-    assert train.logged_mean_loss([{"eval_loss": 1.0, "step": 2}]) is None
+    assert manifest.logged_mean_loss(history) == pytest.approx((3.0 * 4 + 1.0 * 4 + 2.0 * 2) / 10)
+    assert manifest.logged_mean_loss([{"eval_loss": 1.0, "step": 2}]) is None
 
 
 def test_resume_without_a_checkpoint_says_what_to_do(tmp_path: Path, capsys, tiny_base_dir, converted_data_dir):

@@ -1,4 +1,4 @@
-"""The vLLM CPU LoRA plugin (pipelines/vllm_cpu_lora.py): the grouped ops compute what vLLM's per-token ops
+"""The vLLM CPU LoRA plugin (serve/plugin/pipelines_vllm_plugin.py): the grouped ops compute what vLLM's per-token ops
 compute. Pure-torch checks against the gather form here; the same check against vLLM's own functions, and the
 entry point's registration, run inside .venv-vllm. The served outputs are checked against PEFT in test_serve."""
 
@@ -10,8 +10,8 @@ import textwrap
 import pytest
 import torch
 
-from pipelines import vllm_cpu_lora as cl
-from pipelines.paths import ROOT, VENV_VLLM, venv_bin
+import pipelines_vllm_plugin as cl
+from pipelines.common.paths import ROOT, VENV_VLLM, venv_bin
 
 VLLM_PY = venv_bin(VENV_VLLM, "python")
 
@@ -79,13 +79,13 @@ def test_switch():
 CHECK_IN_VLLM = textwrap.dedent("""
     import importlib.metadata as md, torch
     eps = {e.name: e.value for e in md.entry_points(group="vllm.general_plugins")}
-    assert eps.get("pipelines_cpu_lora") == "pipelines.vllm_cpu_lora:register", eps
+    assert eps.get("pipelines_cpu_lora") == "pipelines_vllm_plugin:register", eps
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
     orig = {n: getattr(lora_ops, n) for n in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice", "sgmv_shrink")}
     from vllm.plugins import load_general_plugins
     load_general_plugins()
-    import pipelines.vllm_cpu_lora as cl
+    import pipelines_vllm_plugin as cl
     patched = punica_cpu.bgmv_shrink is cl.bgmv_shrink and lora_ops.bgmv_expand is cl.bgmv_expand
     print("patched" if patched else "vllm's own ops")
     if not patched:

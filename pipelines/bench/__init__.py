@@ -1,13 +1,13 @@
-"""`make bench`: the pipeline against the seeds' way, side by side (issue 8).
+"""`make bench`: the pipeline against the seeds' way, side by side.
 
-    python -m pipelines.bench [train|eval|convert|all|report] [--repeats 3] [--quick]
+    python -m pipelines bench [train|eval|convert|all|report] [--repeats 3] [--quick]
 
 Each benchmark runs both sides in one run on the same tiny model, data and settings, repeats, prints a table
 and writes `bench/results/<name>.json`: per side the median, min and max of each figure, and a top-level
 `ratio` (ours / theirs, higher is better). `report` (also run after `all`) rewrites `BENCHMARKS.md` from the
 result files. Benchmarks print figures; they are not tests (only the pure parts are unit-tested).
 
-On a CUDA machine `train` runs both sides on the GPU; with no model hub there, `python -m pipelines.shaped_model
+On a CUDA machine `train` runs both sides on the GPU; with no model hub there, `python -m pipelines shaped-model
 --shape qwen2.5-0.5b` gives it a model of Qwen2.5-0.5B's shape (`--train-model models/qwen2.5-0.5b-shape`).
 Such a result, copied to `bench/results/gpu/train.json`, gets its own section in BENCHMARKS.md.
 

@@ -1,4 +1,4 @@
-"""`python -m pipelines.bench [train|eval|convert|all|report] [--repeats 3] [--quick]` (see `pipelines.bench`)."""
+"""`python -m pipelines bench [train|eval|convert|all|report] [--repeats 3] [--quick]` (see `pipelines.bench`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ BENCHES = ("train", "eval", "convert")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.bench",
+    ap = argparse.ArgumentParser(prog="python -m pipelines bench",
                                  description="Benchmarks: the pipeline against the seeds' way, side by side.")
     ap.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all", "report"],
                     help="a benchmark, all three (default; then BENCHMARKS.md is rewritten), or only the report")
@@ -40,7 +40,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="theirs: prompt length; 0 = the longest prompt of the samples (default)")
     ap.add_argument("--max-target", type=int, default=70, help="theirs: response length (the seeds' 70)")
     ap.add_argument("--train-model", help="base model of both sides (default: the tiny base; on a GPU machine "
-                                          "without a hub, `python -m pipelines.shaped_model` makes a Qwen2.5-shaped one)")
+                                          "without a hub, `python -m pipelines shaped-model` makes a Qwen2.5-shaped one)")
     ap.add_argument("--train-scenario", action="append", choices=["project", "seeds_prompt"],
                     help="the prompt shapes to train on (default both; repeat the flag for several)")
     ap.add_argument("--no-group-by-length", action="store_true", help="ours: random batches (dynamic padding only)")

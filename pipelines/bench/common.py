@@ -14,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from pipelines.paths import ROOT
+from pipelines.common.io import write_json
+from pipelines.common.paths import ROOT
 
 RESULTS_DIR = ROOT / "bench" / "results"
 #: Bump when a benchmark changes what it measures: results of different versions do not compare.
@@ -93,12 +94,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def write_result(name: str, result: Mapping[str, Any], results_dir: Path = RESULTS_DIR) -> Path:
     """Write `results_dir/<name>.json` atomically; returns its path."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json(results_dir / f"{name}.json", result)
 
 
 def read_result(name: str, results_dir: Path = RESULTS_DIR) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Benchmark 3: converting the real CLUENER (ours vs the seeds' plain loop), and the server's launch to ready.
 
-- convert: `python -m pipelines.convert cluener --raw ../shared/datasets/cluener2020` (ours: row checks,
+- convert: `python -m pipelines convert cluener --raw ../shared/datasets/cluener2020` (ours: row checks,
   duplicate detection, counts, atomic writes, dataset_info.json) vs `python -m pipelines.bench.seeds convert`
   (theirs: a plain loop, list form, no checks), each as its own process, timed from launch to exit (interpreter
   start included on both sides). records/s = records read (train + dev) / wall seconds. `ratio` = ours / theirs.
@@ -22,9 +22,9 @@ from pipelines.bench.data import REAL_CLUENER, SAMPLE_CLUENER, prepare
 
 def ours(raw: Path, work: Path, tag: str) -> dict[str, Any]:
     out = work / f"ours-{tag}"
-    cmd = [sys.executable, "-m", "pipelines.convert", "cluener", "--raw", str(raw), "--out-dir", str(out)]
+    cmd = [sys.executable, "-m", "pipelines.data.convert", "cluener", "--raw", str(raw), "--out-dir", str(out)]
     run = common.run_child(cmd, work / f"ours-{tag}.log")
-    common.check_child(run, "`python -m pipelines.convert cluener` (ours)")
+    common.check_child(run, "`python -m pipelines convert cluener` (ours)")
     n = sum(len(json.loads(p.read_text(encoding="utf-8"))) for p in out.glob("cluener_*.json"))
     return {"records_per_s": n / run.seconds, "records": n, "seconds": run.seconds, "peak_rss_mib": run.peak_rss_mib}
 
@@ -64,7 +64,7 @@ def bench(work: Path, *, repeats: int, quick: bool, launches: int | None = None,
                                     "pss_at_ready_mib": srv.pss_at_ready_mib})
     result = common.envelope("convert", quick=quick, repeats=repeats, settings={
         "data": {"source": source, "raw": str(raw)},
-        "ours": "python -m pipelines.convert cluener --raw RAW --out-dir DIR (dict form)",
+        "ours": "python -m pipelines convert cluener --raw RAW --out-dir DIR (dict form)",
         "theirs": "python -m pipelines.bench.seeds convert (list form, no checks)",
         "launch": "pipelines.serve.start: tiny base + 1 LoRA adapter, ready when /v1/models lists both",
         "launches": launches,
@@ -85,7 +85,7 @@ def render(result: dict[str, Any]) -> str:
             ["peak RSS MiB", common.spread(result["ours"].get("peak_rss_mib")),
              common.spread(result["theirs"].get("peak_rss_mib"))]]
     text = (f"convert: {result['settings']['data']['source']} CLUENER, train + dev\n"
-            + common.table(["convert", "ours (pipelines.convert)", "theirs (plain loop)"], rows)
+            + common.table(["convert", "ours (pipelines.data.convert)", "theirs (plain loop)"], rows)
             + f"\nratio records/s ours/theirs: {common.fmt(result['ratio'])}")
     la = result.get("launch")
     if la:

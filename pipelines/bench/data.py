@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.paths import RAW_DIR, SHARED_DATASETS
+from pipelines.common.paths import RAW_DIR, SHARED_DATASETS
 
 REAL_CLUENER = SHARED_DATASETS / "cluener2020"
 SAMPLE_CLUENER = RAW_DIR / "cluener_sample"
@@ -41,7 +41,7 @@ def pick_raw(source: str = "auto") -> tuple[str, Path]:
 
 def prepare(work: Path, source: str = "auto") -> BenchData:
     """Convert CLUENER with the project's own converter into `work/data` (never into the repository)."""
-    from pipelines.convert import convert
+    from pipelines.data.convert import convert
 
     kind, raw = pick_raw(source)
     out = work / "data"

@@ -28,10 +28,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Sequence
 
-from pipelines import vllm_cpu_lora
+import pipelines_vllm_plugin as vllm_cpu_lora
 from pipelines.bench import common, server
 from pipelines.bench.data import prepare
-from pipelines.paths import ROOT, TINY_BASE, VENV_VLLM, rel, venv_bin
+from pipelines.common.io import write_json
+from pipelines.common.paths import ROOT, TINY_BASE, VENV_VLLM, rel, venv_bin
 
 MAX_TOKENS = 50
 CONCURRENCY = (1, 4, 16, 64)
@@ -63,7 +64,7 @@ class TimedClient:
 
 def fixed_requests(records: Sequence[dict], max_tokens: int) -> list[tuple[str, str, dict]]:
     """(id, key, request) items as the evaluator builds them, plus `ignore_eos` so every answer has max_tokens."""
-    from pipelines import evaluate as ev
+    from pipelines.eval import evaluate as ev
 
     items = []
     for r in records:
@@ -73,7 +74,7 @@ def fixed_requests(records: Sequence[dict], max_tokens: int) -> list[tuple[str, 
 
 
 async def _drive(base_url: str, model: str, items, concurrency: int, path: Path) -> dict[str, Any]:
-    from pipelines import evaluate as ev
+    from pipelines.eval import evaluate as ev
 
     async with ev.make_client(base_url, None, ev.DEFAULT_TIMEOUT_S, concurrency) as client:
         timed = TimedClient(client)
@@ -106,7 +107,7 @@ def ours_fixed(base_url: str, items, concurrency: int, path: Path) -> dict[str, 
 
 def ours_run_eval(base_url: str, prompts: Path, n: int, concurrency: int, out: Path) -> dict[str, Any]:
     """`pipelines.evaluate.run_eval` end to end (natural stop at max_tokens 50, scoring, report)."""
-    from pipelines import evaluate as ev
+    from pipelines.eval import evaluate as ev
 
     t0 = time.perf_counter()
     metrics = ev.run_eval(base_url, "cluener", prompts, [server.ADAPTER_NAME], out, concurrency=concurrency,
@@ -129,7 +130,7 @@ def prompt_shape(records: Sequence[dict]) -> dict[str, int]:
     """
     from transformers import AutoTokenizer
 
-    from pipelines import evaluate as ev
+    from pipelines.eval import evaluate as ev
 
     tok = AutoTokenizer.from_pretrained(TINY_BASE)
     ids = [tok.apply_chat_template(ev.build_messages(r), tokenize=True, add_generation_prompt=True) for r in records]
@@ -162,7 +163,7 @@ def vllm_bench(root_url: str, shape: dict[str, int], n: int, concurrency: int, w
            "--num-prompts", str(n), "--max-concurrency", str(concurrency), "--request-rate", "inf",
            "--percentile-metrics", "e2el", "--metric-percentiles", "50,95", "--seed", "0",
            "--save-result", "--result-dir", str(work), "--result-filename", out_name, "--disable-tqdm"]
-    from pipelines.lfcli import cli_env
+    from pipelines.common.lfcli import cli_env
 
     run = common.run_child(cmd, work / f"vllm-bench-{tag}.log", env=cli_env(), cwd=ROOT)
     common.check_child(run, "`vllm bench serve`")
@@ -183,7 +184,7 @@ def vllm_bench(root_url: str, shape: dict[str, int], n: int, concurrency: int, w
 
 
 def theirs_generate(adapter: Path, prompts: Path, n: int, work: Path, tag: str) -> dict[str, Any]:
-    from pipelines.lfcli import cli_env
+    from pipelines.common.lfcli import cli_env
 
     out = work / f"theirs-{tag}.json"
     cmd = [sys.executable, "-m", "pipelines.bench.seeds", "generate", "--model", str(Path(TINY_BASE)),
@@ -209,11 +210,11 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
     records = records[:n]
     if len(records) < n:
         raise common.BenchError(f"only {len(records)} CLUENER records for `--eval-n {n}`: pass a smaller `--eval-n`.")
-    prompts = server.write_json(work / "prompts.json", records)
+    prompts = write_json(work / "prompts.json", records, indent=1)
     adapter_path = server.ensure_adapter(work, data.dir, adapter, echo=echo)
     shape = prompt_shape(records)
     items = fixed_requests(records, MAX_TOKENS)
-    from pipelines import evaluate as ev
+    from pipelines.eval import evaluate as ev
 
     warm = fixed_requests(records[:WARMUP], MAX_TOKENS)
     echo(f"eval: {n} prompts ({data.source} CLUENER), {MAX_TOKENS} tokens each, concurrency {levels}, "

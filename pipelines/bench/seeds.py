@@ -89,14 +89,14 @@ def convert_cluener(raw_dir: Path, out_dir: Path, types: Sequence[str]) -> int:
 
 def load_records(path: str | Path, n: int) -> list[dict[str, str]]:
     """The first `n` alpaca records of `path` (LLaMA-Factory's `max_samples` takes the first ones too)."""
-    from pipelines.evaluate import load_records as load
+    from pipelines.eval.evaluate import load_records as load
 
     return load(path, n)
 
 
 def prompt_text(tokenizer: Any, record: dict[str, str]) -> str:
     """The record's prompt rendered with the model's chat template, as the evaluator sends it (system + user)."""
-    from pipelines.evaluate import build_messages
+    from pipelines.eval.evaluate import build_messages
 
     return tokenizer.apply_chat_template(build_messages(record), tokenize=False, add_generation_prompt=True)
 
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     if args.cmd == "convert":
-        from pipelines.converters import CLUENER_TYPES
+        from pipelines.data.converters import CLUENER_TYPES
 
         t0 = time.perf_counter()
         n = convert_cluener(Path(args.raw), Path(args.out_dir), CLUENER_TYPES)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import yaml
 
-from pipelines import lfcli, train
 from pipelines.bench import common
-from pipelines.paths import ROOT, TINY_BASE
+from pipelines.common import lfcli
+from pipelines.common.net import free_port
+from pipelines.common.paths import ROOT, TINY_BASE
+from pipelines.train import launch as train
 
 BASE_NAME = "tiny-base"
 ADAPTER_NAME = "cluener"
@@ -22,18 +21,12 @@ DEFAULT_ADAPTER = ROOT / "saves" / "tiny" / "lora" / "cluener"
 CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ensure_adapter(work: Path, data_dir: Path, adapter: str | None, *, samples: int = 128, echo=print) -> Path:
     """`adapter` if given, else saves/tiny/lora/cluener if `make train` made it, else one trained into `work`."""
     if adapter:
         return Path(adapter)
     if (DEFAULT_ADAPTER / "adapter_config.json").is_file():
-        from pipelines.serve_config import stale_base
+        from pipelines.serve.config import stale_base
 
         stale = stale_base("cluener", DEFAULT_ADAPTER, str(Path(TINY_BASE)))
         if not stale:
@@ -53,7 +46,7 @@ def ensure_adapter(work: Path, data_dir: Path, adapter: str | None, *, samples: 
 
 
 def serve_config(adapter: Path, port: int):
-    from pipelines.serve_config import from_dict
+    from pipelines.serve.config import from_dict
 
     return from_dict({
         "model": str(Path(TINY_BASE)), "served_model_name": BASE_NAME, "adapters": {ADAPTER_NAME: str(adapter)},
@@ -77,7 +70,7 @@ def group_memory_mib(pgid: int) -> dict[str, float]:
     """Memory of the server's process group in MiB, summed over its live processes: `rss` (VmRSS: shared pages
     count once per process), `pss` (proportional set size: shared pages split, the group's real footprint) and
     `hwm` (VmHWM, each process's peak RSS)."""
-    from pipelines.serve import group_members
+    from pipelines.serve.process import group_members
 
     total = {"rss": 0.0, "pss": 0.0, "hwm": 0.0}
     for pid in group_members(pgid):
@@ -96,26 +89,13 @@ def group_memory_mib(pgid: int) -> dict[str, float]:
 
 @contextlib.contextmanager
 def running(adapter: Path, work: Path, port: int | None = None, echo=print) -> Iterator[Running]:
-    """Start the server with `pipelines.serve.start`, yield it, always stop it."""
+    """The benchmark's server (`pipelines.serve.running`), with its memory at ready; always stopped."""
     from pipelines import serve
 
     port = port or free_port()
-    cfg = serve_config(adapter, port)
-    run_dir = work / "serve"
     echo(f"bench: starting vLLM on port {port} …")
-    served = serve.start(cfg, run_dir=run_dir, echo=lambda s: None)
-    try:
+    with serve.running(serve_config(adapter, port), work / "serve", echo=lambda s: None) as served:
         mem = group_memory_mib(served.pid)
         echo(f"bench: server ready in {served.seconds:.1f} s, RSS {mem['rss']:.0f} MiB (PSS {mem['pss']:.0f} MiB)")
         yield Running(served.base_url, served.base_url[: -len("/v1")], served.pid, served.seconds, mem["rss"],
                       mem["pss"], port)
-    finally:
-        try:
-            serve.stop(port, run_dir, grace=15.0)
-        except Exception as e:  # noqa: BLE001 - report, never leave the caller without its result
-            print(f"bench: stopping the server on port {port} failed: {e}", file=sys.stderr)
-
-
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return path

@@ -24,12 +24,13 @@ from typing import Any
 
 import yaml
 
-from pipelines import check, lfcli
-from pipelines import train as lftrain
 from pipelines.bench import common, seeds
 from pipelines.bench.data import prepare
-from pipelines.gpu import has_cuda
-from pipelines.paths import ROOT, TINY_BASE, rel
+from pipelines.common import lfcli
+from pipelines.common.device import has_cuda
+from pipelines.common.paths import ROOT, TINY_BASE, rel
+from pipelines.train import check
+from pipelines.train import launch as lftrain
 
 DEFAULT_CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
 FULL = {"samples": 480, "epochs": 1}
@@ -123,7 +124,7 @@ def seeds_prompt_records(records: list[dict]) -> list[dict]:
 
 def write_seeds_prompt_data(data_dir: Path) -> Path:
     """`data_dir/cluener_seedsprompt_train.json` and its dataset_info entry; the file."""
-    from pipelines.convert import update_dataset_info
+    from pipelines.data.convert import update_dataset_info
 
     records = json.loads((data_dir / "cluener_train.json").read_text(encoding="utf-8"))
     path = data_dir / "cluener_seedsprompt_train.json"

@@ -1,0 +1,40 @@
+"""Run `llamafactory-cli` from `.venv` as a process: the environment it gets and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from pipelines.common.paths import ROOT, VENV, venv_bin
+
+
+def cli_env(extra: dict[str, str] | None = None, offline: bool = True,
+            base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for llamafactory-cli: thread count set, no version nagging, no hub when offline.
+
+    Built from `base` (default: this process's environment), so that callers can build it purely."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("DISABLE_VERSION_CHECK", "1")
+    if offline:
+        env.setdefault("HF_HUB_OFFLINE", "1")
+    env.update(extra or {})
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    """The command line for `llamafactory-cli ARGS…` of this project's `.venv`."""
+    exe = venv_bin(VENV, "llamafactory-cli")
+    if not exe.exists():
+        raise SystemExit(f"`{exe.relative_to(ROOT)}` is missing; run `make setup` first.")
+    return [str(exe), *args]
+
+
+def run(args: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> int:
+    """Run llamafactory-cli with its output streamed to ours; returns its exit status."""
+    print("$", " ".join(args), flush=True)
+    return subprocess.run(args, env=env or cli_env(), cwd=cwd, stdout=sys.stdout, stderr=sys.stderr).returncode

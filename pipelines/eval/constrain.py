@@ -1,0 +1,162 @@
+r"""Server-side output constraints for vLLM's structured outputs, built per request. Standard library only.
+
+vLLM takes a per-request constraint in the `structured_outputs` field of the request body (through the
+`openai` client: `extra_body={"structured_outputs": {...}}`) and enforces it with xgrammar while decoding:
+
+* classification: `choice_structured_outputs(categories)` → `{"choice": [...]}`, one of the candidates;
+* CLUENER NER: `ner_structured_outputs(text, labels, form)` → `{"grammar": EBNF}`, an xgrammar EBNF grammar
+  (root rule `root`) built from the input text, that admits exactly the answers the CLUENER converter writes
+  (`json.dumps(..., ensure_ascii=False)`), with only spans of the text as entities (Geng et al. 2023,
+  "Grammar-Constrained Decoding for Structured NLP Tasks").
+
+The grammar, for `text` = c_0 … c_{n-1} and labels l_0 … l_{k-1}::
+
+    root    ::= "{}" | "{" first_0 "}"                     # dict form
+    first_i ::= pair_i rest_{i+1} | first_{i+1}            # the first label present, then later ones
+    rest_i  ::= (", " pair_i)? rest_{i+1}                  # each label at most once, in label order
+    pair_i  ::= "\"l_i\": [" entity (", " entity)* "]"     # a non-empty list
+
+    root    ::= "[]" | "[" item (", " item)* "]"           # list form
+    item    ::= "{\"label\": " label ", \"text\": " entity "}"
+    label   ::= "\"l_0\"" | … | "\"l_{k-1}\""
+
+    entity  ::= "\"" (s_0 | s_1 | … | s_{n-1}) "\""       # any non-empty substring of the text
+    s_i     ::= c_i s_{i+1}?                               # starts at character i, stops after any
+
+c_i is character i as `json.dumps` writes it inside a string (`\"`, `\\`, `\n`, `\u0001`; every other
+character, emoji included, as itself), then written as an EBNF string literal: `"` and `\` backslashed and
+non-printable characters as `\uXXXX` (xgrammar's lexer refuses a raw newline or NUL inside a literal).
+
+Why linear: a substring is a start and a length. One rule per start that may stop after any character covers
+all n(n+1)/2 substrings with n rules, where listing the substrings would make the grammar quadratic in the
+text (and hand the matcher n(n+1)/2 alternatives with shared prefixes to carry in parallel).
+
+`accepts_ner` checks the same language in plain Python, so the evaluator can tell whether a server obeyed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+NER_FORMS = ("dict", "list")
+
+
+# ------------------------------------------------------------------------------------------------ literals
+
+
+def _ebnf_literal(s: str) -> str:
+    """`s` as an xgrammar EBNF string literal: `"` and `\\` escaped, non-printable characters as `\\uXXXX`."""
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def _json_literal(s: str) -> str:
+    """The EBNF literal that matches `json.dumps(s, ensure_ascii=False)`, quotes included."""
+    return _ebnf_literal(json.dumps(s, ensure_ascii=False))
+
+
+def _check(text: str, labels: Sequence[str], form: str) -> list[str]:
+    if form not in NER_FORMS:
+        raise ValueError(f"unknown NER answer form `{form}`; use one of {', '.join(NER_FORMS)}")
+    labels = list(labels)
+    if not all(isinstance(label, str) and label for label in labels) or len(set(labels)) != len(labels):
+        raise ValueError(f"`labels` must be distinct non-empty strings, got {labels!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("`text` holds an unpaired surrogate; it cannot be sent or answered") from None
+    return labels
+
+
+# ------------------------------------------------------------------------------------------------- grammar
+
+
+def ner_grammar(text: str, labels: Sequence[str], form: str = "dict") -> str:
+    """An xgrammar EBNF grammar (root rule `root`) admitting exactly the CLUENER answers for `text`.
+
+    `form="dict"`: `{"label": ["entity", ...], ...}`, labels in the order of `labels`, each at most once, each
+    with a non-empty list; `form="list"`: `[{"label": "label", "text": "entity"}, ...]`. Both as
+    `json.dumps(..., ensure_ascii=False)` writes them (`", "` and `": "` separators, no other whitespace), with
+    every entity a non-empty substring of `text`; `{}` / `[]` when there is nothing to answer.
+    """
+    labels = _check(text, labels, form)
+    empty = '"{}"' if form == "dict" else '"[]"'
+    if not text or not labels:
+        return f"root ::= {empty}\n"
+    n, k = len(text), len(labels)
+    rules = []
+    if form == "dict":
+        rules.append(f'root ::= {empty} | "{{" first_0 "}}"')
+        for i, label in enumerate(labels):
+            rules.append(f"pair_{i} ::= {_ebnf_literal(json.dumps(label, ensure_ascii=False) + ': [')} "
+                         'entity (", " entity)* "]"')
+            if i + 1 < k:
+                rules.append(f"first_{i} ::= pair_{i} rest_{i + 1} | first_{i + 1}")
+            else:
+                rules.append(f"first_{i} ::= pair_{i}")
+            if i > 0:
+                rules.append(f'rest_{i} ::= (", " pair_{i})?' + (f" rest_{i + 1}" if i + 1 < k else ""))
+    else:
+        rules.append(f'root ::= {empty} | "[" item (", " item)* "]"')
+        rules.append('item ::= "{\\"label\\": " label ", \\"text\\": " entity "}"')
+        rules.append("label ::= " + " | ".join(_json_literal(label) for label in labels))
+    rules.append('entity ::= "\\"" (' + " | ".join(f"s_{i}" for i in range(n)) + ') "\\""')
+    for i, ch in enumerate(text):
+        c = _ebnf_literal(json.dumps(ch, ensure_ascii=False)[1:-1])
+        rules.append(f"s_{i} ::= {c} s_{i + 1}?" if i + 1 < n else f"s_{i} ::= {c}")
+    return "\n".join(rules) + "\n"
+
+
+def ner_structured_outputs(text: str, labels: Sequence[str], form: str = "dict") -> dict:
+    """vLLM's `structured_outputs` for a CLUENER request: `{"grammar": ner_grammar(text, labels, form)}`."""
+    return {"grammar": ner_grammar(text, labels, form)}
+
+
+def choice_structured_outputs(choices: Sequence[str]) -> dict:
+    """vLLM's `structured_outputs` for a classification request: the answer is one of `choices`."""
+    choices = list(choices)
+    if not choices or not all(isinstance(c, str) and c for c in choices):
+        raise ValueError(f"`choices` must be a non-empty list of non-empty strings, got {choices!r}")
+    return {"choice": choices}
+
+
+def extra_body(structured_outputs: dict | None) -> dict:
+    """The `extra_body` of an `openai` request: `{"structured_outputs": ...}`, or `{}` for no constraint."""
+    return {} if structured_outputs is None else {"structured_outputs": structured_outputs}
+
+
+# ------------------------------------------------------------------------------------------------- checker
+
+
+def accepts_ner(answer: str, text: str, labels: Sequence[str], form: str = "dict") -> bool:
+    """Whether `answer` is in the language of `ner_grammar(text, labels, form)`, checked without xgrammar."""
+    labels = _check(text, labels, form)
+    try:
+        value = json.loads(answer)
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's recursion limit
+        return False
+    if json.dumps(value, ensure_ascii=False) != answer:  # whitespace, escapes, repeated keys, trailing text
+        return False
+
+    def entity(e: object) -> bool:
+        return isinstance(e, str) and e != "" and e in text
+
+    if form == "dict":
+        if not isinstance(value, dict) or not set(value) <= set(labels):
+            return False
+        order = [labels.index(key) for key in value]
+        return order == sorted(order) and all(
+            isinstance(es, list) and es and all(entity(e) for e in es) for es in value.values())
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and list(item) == ["label", "text"] and item["label"] in labels
+        and entity(item["text"]) for item in value)

@@ -1,0 +1,157 @@
+"""The evaluation report: OUT/report.md from metrics.json's content, with PNG plots made by matplotlib (Agg).
+
+`render_markdown` is pure (metrics + examples → text); `write_report` adds the plots and writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipelines.eval import tasks
+
+PER_TYPE_PNG = "per_type_f1.png"
+SCORES_PNG = "scores.png"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _block(text: str) -> list[str]:
+    fence = "````" if "```" in text else "```"
+    return [fence, text, fence]
+
+
+def gold_types(metrics: dict[str, Any]) -> list[str]:
+    """The entity types present in the gold answers (support > 0), sorted."""
+    ms = metrics["models"]
+    return sorted({t for m in ms for t, v in ms[m]["per_type"].items() if v["support"]})
+
+
+def render_markdown(metrics: dict[str, Any], examples: Sequence[dict[str, Any]], plots: Sequence[str] = ()) -> str:
+    """The report's Markdown (pure): scores side by side, per-type F1, judge, plots, before/after examples."""
+    models = list(metrics["models"])
+    ms = metrics["models"]
+    s, d = metrics["settings"], metrics["data"]
+    lines = [
+        f"# Evaluation: `{metrics['task']}`",
+        "",
+        (f"- data: `{d['path']}` ({d['n']} records{', first ' + str(d['limit']) if d.get('limit') else ''}), "
+         f"sha256 `{d['sha256'][:12]}…`"),
+        (f"- server: `{s['base_url']}`; temperature {s['temperature']}, max_tokens {s['max_tokens']} "
+         f"({s['max_tokens_from']})"),
+        f"- eval spec version {metrics['eval_spec_version']}; scale: {metrics['scale']}",
+    ]
+    if s.get("parity"):
+        p = s["parity"]
+        lines.append(f"- prompt parity: identical tokens for {p['records']} records "
+                     f"(`{p['tokenizer']}`, template `{p['template']}`)")
+    lines += ["", "## Scores", ""]
+    rows = tasks.get(metrics["task"]).rows
+    lines += _table(["metric", *(f"`{m}`" for m in models)],
+                    [[r, *(ms[m].get(r, "") for m in models)] for r in rows if any(r in ms[m] for m in models)])
+    if metrics["kind"] == "ner":
+        types = gold_types(metrics)
+        if types:
+            lines += ["", "## Per-type F1", "", ("Types of the gold answers; types that answers invent count "
+                                                  "against precision and are listed in metrics.json."), ""]
+            lines += _table(["type", "support", *(f"`{m}`" for m in models)],
+                            [[t, max(ms[m]["per_type"].get(t, {}).get("support", 0) for m in models),
+                              *(ms[m]["per_type"].get(t, {}).get("f1", 0.0) for m in models)] for t in types])
+    if metrics.get("judge"):
+        j = metrics["judge"]
+        lines += ["", f"## Judged by `{j['judge']}` against `{j['baseline']}`", ""]
+        lines += _table(["model", "win rate", "wins", "losses", "ties", "no verdict"],
+                        [[f"`{m}`", r["win_rate"], r["wins"], r["losses"], r["ties"], r["invalid"]]
+                         for m, r in j["models"].items()])
+    for png in plots:
+        lines += ["", f"![{png}]({png})"]
+    if examples:
+        lines += ["", "## Examples", ""]
+        for ex in examples:
+            lines += [f"### `{ex['id']}`", "", "prompt:", *_block(ex["user"]), "gold:", *_block(ex["gold"])]
+            for m, a in ex["answers"].items():
+                lines += [f"`{m}`:", *_block(a)]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(metrics: dict[str, Any], out_dir: Path) -> list[str]:
+    """Write the PNG plots into out_dir; their file names (none when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib is not installed; the report has no plots.", file=sys.stderr)
+        return []
+    models = list(metrics["models"])
+    ms = metrics["models"]
+    if metrics["kind"] == "ner":
+        groups = gold_types(metrics)
+        values = {m: [ms[m]["per_type"].get(t, {}).get("f1", 0.0) for t in groups] for m in models}
+        name, ylabel, title, ylim = PER_TYPE_PNG, "F1", "per-type F1", (0, 1)
+    elif metrics["kind"] == "generation":
+        groups = ["bleu_4", "rouge_1", "rouge_2", "rouge_l"]
+        values = {m: [ms[m][k] for k in groups] for m in models}
+        name, ylabel, title, ylim = SCORES_PNG, "score (percent)", "BLEU-4 and ROUGE", (0, 100)
+    else:
+        groups = ["accuracy"]
+        values = {m: [ms[m]["accuracy"]] for m in models}
+        name, ylabel, title, ylim = SCORES_PNG, "accuracy", "accuracy", (0, 1)
+    if not groups:
+        return []
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(groups) * max(len(models), 1) ** 0.5 + 2), 4))
+    for i, m in enumerate(models):
+        xs = [g + (i - (len(models) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, values[m], width, label=m)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=30, ha="right")
+    ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{metrics['task']}: {title}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=100)
+    plt.close(fig)
+    return [name]
+
+
+def write_report(out_dir: str | Path, metrics: dict[str, Any], examples: Sequence[dict[str, Any]]) -> Path:
+    """Write OUT/report.md (and its PNGs); its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.md"
+    path.write_text(render_markdown(metrics, examples, plot(metrics, out_dir)), encoding="utf-8")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Rewrite report.md from an existing metrics.json (without examples): `python -m pipelines report OUT`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pipelines report", description=main.__doc__)
+    ap.add_argument("out", help="folder holding metrics.json")
+    args = ap.parse_args(argv)
+    metrics_path = Path(args.out) / "metrics.json"
+    if not metrics_path.exists():
+        print(f"report: `{metrics_path}` does not exist: run `make eval` first.", file=sys.stderr)
+        return 1
+    print(write_report(args.out, json.loads(metrics_path.read_text(encoding="utf-8")), []))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

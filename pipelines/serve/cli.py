@@ -1,0 +1,102 @@
+"""`make serve` / `serve-status` / `serve-stop` / `lora-load` / `lora-unload`: a vLLM OpenAI server, many LoRAs.
+
+    python -m pipelines serve start   CONFIG [--port N] [--timeout S]
+    python -m pipelines serve status  CONFIG [--port N]
+    python -m pipelines serve stop    CONFIG [--port N] [--grace S]
+    python -m pipelines serve load    CONFIG --name NAME --path ADAPTER [--port N]
+    python -m pipelines serve unload  CONFIG --name NAME [--port N]
+    python -m pipelines serve command CONFIG [--port N]      # print the vllm command and its environment
+
+Never imports vLLM: it runs `.venv-vllm/bin/vllm serve …` as a process in its own process group (PID file and
+log under `.serve/<port>/`) and talks to it over HTTP. `VLLM_API_KEY`, when set, reaches the server through
+its environment only: never on the command line, in a file or in a log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from pipelines.common.paths import resolve
+from pipelines.serve.client import ServeError
+from pipelines.serve.command import build_command, build_env, shown_env
+from pipelines.serve.config import AdapterInfo, ServeConfigError, load, precheck
+from pipelines.serve.process import RUN_DIR, STOP_GRACE, load_adapter, start, status, stop, unload_adapter
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines serve", description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["start", "status", "stop", "load", "unload", "command"])
+    ap.add_argument("config", help="a serve config, e.g. serve/tiny.yaml")
+    ap.add_argument("--port", type=int, help="override the config's `port`")
+    ap.add_argument("--name", help="adapter name (load, unload)")
+    ap.add_argument("--path", help="adapter folder (load)")
+    ap.add_argument("--timeout", type=float, help="seconds to wait for the server (default: `startup_timeout`)")
+    ap.add_argument("--grace", type=float, default=STOP_GRACE, help="seconds between SIGTERM and SIGKILL")
+    ap.add_argument("--run-dir", type=Path, default=RUN_DIR, help="PID files and logs (default: %(default)s)")
+    ap.add_argument("--assume-rank", type=int, metavar="R",
+                    help="command only: skip the checks and size --max-lora-rank for adapters of rank R "
+                         "(a dry run before the adapters exist)")
+    args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except (ServeConfigError, ServeError) as e:
+        print(f"serve {args.action}: {e}" if not isinstance(e, ServeConfigError) or len(e.problems) == 1
+              else f"serve {args.action}: {len(e.problems)} problems:\n  - " + "\n  - ".join(e.problems),
+              file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.action == "stop":
+        port = args.port if args.port is not None else load(args.config).port
+        pid = stop(port, args.run_dir, args.grace)
+        print(f"serve: stopped the server on port {port} (pid {pid})" if pid else
+              f"serve: no server of the launcher runs on port {port}; nothing to stop")
+        return 0
+    cfg = load(args.config, port=args.port)
+    if args.action == "command":
+        if args.assume_rank:
+            adapters = [AdapterInfo(n, resolve(p), args.assume_rank, cfg.model) for n, p in cfg.adapters.items()]
+        else:
+            adapters = precheck(cfg, check_port=False)
+        env = build_env(cfg)
+        for k, v in sorted(shown_env(env, os.environ).items()):
+            print(f"export {k}={shlex.quote(v)}")
+        print(shlex.join(build_command(cfg, adapters)))
+        return 0
+    if args.action == "start":
+        s = start(cfg, run_dir=args.run_dir, timeout=args.timeout)
+        adapters = [m for m in s.models if m != cfg.served_model_name]
+        print(f"serve: ready in {s.seconds:.0f} s at {s.base_url}: base `{cfg.served_model_name}`, adapters "
+              f"{', '.join(adapters) or '(none)'}; pid {s.pid}, log {s.log}; stop with "
+              f"`make serve-stop PORT={cfg.port}`")
+        return 0
+    if args.action == "status":
+        st = status(cfg.port, args.run_dir)
+        if not st["running"]:
+            other = " (but something answers /health there)" if st["healthy"] else ""
+            print(f"serve: no server of the launcher runs on port {cfg.port}{other}")
+            return 1
+        print(f"serve: pid {st['pid']} on {st['base_url']}/v1 ({st['config']}), "
+              + (f"serving {', '.join(st['models'])}" if st["healthy"] else "not healthy yet")
+              + f"; log {st['log']}")
+        return 0 if st["healthy"] else 1
+    if not args.name:
+        raise ServeError(f"`--name` is required for `{args.action}` (make: NAME=…).")
+    if args.action == "load":
+        if not args.path:
+            raise ServeError("`--path` is required for `load` (make: ADAPTER=…).")
+        load_adapter(cfg, args.name, args.path, args.run_dir)
+        print(f"serve: loaded adapter `{args.name}` from {args.path}")
+    else:
+        unload_adapter(cfg, args.name, args.run_dir)
+        print(f"serve: unloaded adapter `{args.name}`")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""`make train`: check a config, then train it with `llamafactory-cli train`, and write a manifest beside the result.
+
+    python -m pipelines train CONFIG [key=value …] [--no-check] [--dry-run]
+
+Environment (the Makefile passes these through):
+    RESUME=1                 continue from the latest `checkpoint-N` of `output_dir`
+                             (`resume_from_checkpoint=… overwrite_output_dir=false` are appended)
+    DEEPSPEED=PATH           appends `deepspeed=PATH` (e.g. conf/deepspeed/ds_z3_config.json) and uses torchrun
+    NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT
+                             reach LLaMA-Factory's own torchrun launcher (`llamafactory/launcher.py`), which
+                             reads them when FORCE_TORCHRUN=1; that is set when NPROC_PER_NODE > 1, NNODES > 1
+                             or DEEPSPEED is given. Empty values (as `make` exports unset variables) are dropped.
+    DRY_RUN=1                print the command and the launcher's environment, run nothing
+
+`build_launch` is the pure core: (config, overrides, environment) → (argv, env). The manifest,
+`OUTPUT_DIR/pipelines_manifest.json`, records the merged config, the command, the git revision, the sha256 of
+every dataset file, the package versions, start and end time, and the final train/eval loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from pipelines.common import device, lfcli
+from pipelines.common.flags import FlagError, config_flag, env_flag
+from pipelines.common.paths import ROOT, TINY_BASE, TINY_MODEL, is_local, rel, resolve
+from pipelines.train import check, config
+from pipelines.train.manifest import write_manifest
+
+DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class TrainError(Exception):
+    """A one-sentence problem with the launch settings; `main` prints it without a traceback."""
+
+
+def _int_var(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    raw = env.get(name)
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TrainError(f"`{name}={raw}` is not a whole number; set it to e.g. `{name}={max(minimum, 1)}`.") from None
+    if value < minimum:
+        raise TrainError(f"`{name}={raw}` must be at least {minimum}.")
+    return value
+
+
+def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], resume_from: str | None = None,
+                 offline: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The llamafactory-cli command line and its environment. Pure: reads nothing but its arguments."""
+    nproc = _int_var(environ, "NPROC_PER_NODE", 1)
+    nnodes = _int_var(environ, "NNODES", 1)
+    node_rank = _int_var(environ, "NODE_RANK", 0)
+    _int_var(environ, "MASTER_PORT", 1)
+    if node_rank is not None and node_rank >= (nnodes or 1):
+        raise TrainError(f"`NODE_RANK={node_rank}` must be below `NNODES={nnodes or 1}`; number the nodes 0 … "
+                         "NNODES-1.")
+    if (nnodes or 1) > 1 and not environ.get("MASTER_ADDR"):
+        raise TrainError(f"`NNODES={nnodes}` needs `MASTER_ADDR`, the address of the node with NODE_RANK=0, "
+                         "on every node.")
+    deepspeed = environ.get("DEEPSPEED") or None
+
+    args = [str(config), *overrides]
+    if deepspeed:
+        args.append(f"deepspeed={deepspeed}")
+    if resume_from:
+        args += [f"resume_from_checkpoint={resume_from}", "overwrite_output_dir=false"]
+
+    env = lfcli.cli_env(offline=offline, base=environ)
+    for name in DIST_VARS:
+        if not env.get(name):
+            env.pop(name, None)
+    for name in CONTROL_VARS:
+        env.pop(name, None)
+    if deepspeed or (nproc or 1) > 1 or (nnodes or 1) > 1:
+        env["FORCE_TORCHRUN"] = "1"
+    return lfcli.cli("train", *args), env
+
+
+def precision_overrides(cfg: Mapping, native_bf16: bool | None = None) -> list[str]:
+    """`["bf16=false"]` when a CPU config (`use_cpu`) asks for bf16 autocast on a CPU that has no native bf16, else
+    `[]`. The tiny configs ask for bf16: 1.4x faster than fp32 where the CPU has AVX512-BF16 or AMX."""
+    if not (config_flag(cfg, "use_cpu") and config_flag(cfg, "bf16")):  # as check reads them
+        return []
+    native = device.cpu_native_bf16() if native_bf16 is None else native_bf16
+    return [] if native else ["bf16=false"]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The `checkpoint-N` folder of output_dir with the largest N that holds a trainer state."""
+    if not output_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
+             if p.is_dir() and (m := CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def ensure_tiny_model(cfg: Mapping) -> None:
+    """A fresh clone has no tiny model yet: build it (`make tiny-base`, cached) when the config names it."""
+    model = str(cfg.get("model_name_or_path") or "")
+    if not model or (resolve(model) / "config.json").is_file():
+        return
+    target = resolve(model).resolve()
+    if target == Path(TINY_BASE).resolve():
+        from pipelines.models import pretrain
+
+        print(f"train: `{model}` is missing; building it first (`make tiny-base`) …", flush=True)
+        if pretrain.main(["--out", str(target)]) != 0:
+            raise TrainError("`make tiny-base` failed; see its output above.")
+    elif target == Path(TINY_MODEL).resolve():
+        from pipelines.models import tiny
+
+        print(f"train: `{model}` is missing; building it first (`make tiny-model`) …", flush=True)
+        if tiny.main(["--out", str(target)]) != 0:
+            raise TrainError("`make tiny-model` failed; see its output above.")
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines train", description=__doc__.splitlines()[0])
+    ap.add_argument("config", metavar="CONFIG", help="a LLaMA-Factory YAML of conf/")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, as llamafactory-cli takes them")
+    ap.add_argument("--no-check", action="store_true", help="skip `make check` (it runs first by default)")
+    ap.add_argument("--dry-run", action="store_true", help="print the command and its environment (or DRY_RUN=1)")
+    args = ap.parse_intermixed_args(argv)
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        dry_run = args.dry_run or env_flag("DRY_RUN", env=environ)
+        resume = env_flag("RESUME", env=environ)
+    except FlagError as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+    ds = environ.get("DEEPSPEED")
+    checked = args.overrides + ([f"deepspeed={ds}"] if ds else [])
+
+    try:
+        config_path = config.find_config(args.config)
+        cfg = config.load_config(config_path, checked)
+        ensure_tiny_model(cfg)
+        if not args.no_check:
+            report = check.check_config(config_path, checked)
+            print(report.render(), file=sys.stdout if report.ok else sys.stderr, flush=True)
+            if not report.ok:
+                print(f"train: not launched; fix the problems above (`make check CONFIG={args.config}`).",
+                      file=sys.stderr)
+                return 1
+            cfg = report.merged
+        output_dir = resolve(str(cfg.get("output_dir") or ""))
+        if not cfg.get("output_dir"):
+            raise TrainError(f"`output_dir` is not set in `{args.config}`; add e.g. `output_dir: saves/…`.")
+        resume_from = None
+        if resume:
+            ckpt = latest_checkpoint(output_dir)
+            if ckpt is None:
+                saves = str(cfg.get("save_strategy", "steps")).lower()
+                why = (" (the config saves none: `save_strategy: no`; set `save_strategy=steps save_steps=N`)"
+                       if saves == "no" else "")
+                raise TrainError(f"`RESUME=1` but `{cfg['output_dir']}` holds no `checkpoint-N`{why}; "
+                                 "run without RESUME to start over.")
+            resume_from = rel(ckpt)
+        model = str(cfg.get("model_name_or_path") or "")
+        extra = precision_overrides(cfg)
+        if extra:
+            print("train: this CPU has no native bf16 (AVX512-BF16, AMX), so bf16 autocast would only be emulated "
+                  "here; training in fp32 (`bf16=false`).", flush=True)
+            args.overrides += extra
+            cfg = {**cfg, "bf16": False}
+        cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,
+                                offline=is_local(model) if model else True)
+    except (config.CheckError, TrainError, FlagError) as e:
+        print(f"train: {e}", file=sys.stderr)
+        return 1
+
+    if dry_run:
+        shown = {k: env[k] for k in (*DIST_VARS, "FORCE_TORCHRUN", "HF_HUB_OFFLINE") if k in env}
+        print("$", " ".join(a.replace(str(ROOT) + "/", "") for a in cmd))
+        print("  env:", " ".join(f"{k}={v}" for k, v in shown.items()) or "(defaults)")
+        return 0
+
+    final_cfg = dict(cfg)
+    if resume_from:
+        final_cfg.update(resume_from_checkpoint=resume_from, overwrite_output_dir=False)
+    started = time.time()
+    rc = lfcli.run(cmd, env=env)
+    ended = time.time()
+    writer = (environ.get("NODE_RANK") or "0") == "0"
+    if writer and output_dir.is_dir():
+        path = write_manifest(output_dir, config=args.config, overrides=args.overrides, cfg=final_cfg, argv=cmd,
+                              env=env, started=started, ended=ended, exit_code=rc, resumed_from=resume_from)
+        results = json.loads(path.read_text(encoding="utf-8"))["results"]
+        losses = ", ".join(f"{k} {results[k]:.4f}" for k in ("train_loss", "eval_loss") if k in results)
+        print(f"train: {'wrote' if rc == 0 else 'failed;'} {rel(output_dir)} in {ended - started:.0f} s"
+              f"{' (' + losses + ')' if losses else ''}; manifest {rel(path)}", flush=True)
+    if rc != 0:
+        print(f"train: `llamafactory-cli train {args.config}` failed with exit {rc}; see its output above.",
+              file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
