@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pipelines.eval.evaluate", "score served models through the OpenAI API; metrics.json + report.md"),
     "parity": ("pipelines.eval.parity", "check that training and serving render identical prompt tokens"),
     "report": ("pipelines.eval.report", "rewrite an evaluation's report.md from its metrics.json"),
+    "constrain": ("pipelines.eval.constraints", "print the structured-outputs extra_body that constrains a task's answer"),
     "all": ("pipelines.run.pipeline", "the whole pipeline into results/<run>: data, train, serve, eval, report"),
     "run-report": ("pipelines.run.report", "rewrite the report of a `make all` run folder"),
     "bench": ("pipelines.bench.__main__", "benchmarks against the seeds' way; BENCHMARKS.md"),

@@ -88,7 +88,8 @@ def test_cluener_without_entities_is_kept():
 def test_cluener_prompt_names_the_ten_types_and_the_format():
     assert CLUENER_TYPES == ("address", "book", "company", "game", "government", "movie", "name", "organization",
                              "position", "scene")
-    for fmt, shape in (("dict", '{"name": ["叶老桂"]'), ("list", '[{"label": "name", "text": "叶老桂"}')):
+    for fmt, shape in (("dict", '{"company": ["浙商银行"], "name": ["叶老桂"]}'),
+                       ("list", '[{"label": "company", "text": "浙商银行"}, {"label": "name"')):
         assert all(t in CLUENER_INSTRUCTIONS[fmt] for t in CLUENER_TYPES)
         assert shape in CLUENER_INSTRUCTIONS[fmt]
     assert "JSON" in CLUENER_SYSTEM

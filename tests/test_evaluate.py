@@ -47,12 +47,13 @@ class GoldEcho:
     """
 
     def __init__(self, data: Path, models=("base", "adapter", "judge"), answers=None, delay=0.0, die_after=None,
-                 max_model_len=None):
+                 max_model_len=None, roots=None):
         records = load_records(data)
         self.by_prompt = {(r["system"], user_text(r)): r for r in records}
         self.models = list(models)
         self.answers: dict[str, Callable[[dict], str]] = answers or {}
         self.delay, self.die_after, self.max_model_len = delay, die_after, max_model_len
+        self.roots: dict[str, str] = roots or {}  # model → the `root` its card lists (as vLLM: the loaded path)
         self.completions: list[dict] = []  # request bodies answered
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -97,7 +98,8 @@ class GoldEcho:
 
             def do_GET(self) -> None:
                 if self.path == "/v1/models":
-                    cards = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in echo.models]
+                    cards = [{"id": m, "object": "model", "created": 0, "owned_by": "test",
+                              **({"root": echo.roots[m]} if m in echo.roots else {})} for m in echo.models]
                     if echo.max_model_len:  # as vLLM: on the base model's card only
                         cards[0]["max_model_len"] = echo.max_model_len
                     self._send(200, {"object": "list", "data": cards})

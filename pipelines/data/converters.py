@@ -110,12 +110,13 @@ CLUENER_TYPES = ("address", "book", "company", "game", "government", "movie", "n
 CLUENER_FORMATS = ("dict", "list")
 CLUENER_SYSTEM = "你是一个中文命名实体识别助手：从用户给出的文本中抽取实体，只用 JSON 回答，不输出其他内容。"
 _TYPE_LIST = "、".join(CLUENER_TYPES)
-#: The user instruction per output format; the user message is this + "\n" + the text.
+#: The user instruction per output format; the user message is this + "\n" + the text. The examples list the
+#: types in schema order, as every answer does (the constrained decoder admits only that order).
 CLUENER_INSTRUCTIONS = {
     "dict": f"抽取下面文本中的实体，实体类型只能是：{_TYPE_LIST}。以 JSON 对象回答，键是类型，值是该类型实体的列表，"
-            '例如 {"name": ["叶老桂"], "company": ["浙商银行"]}；没有实体时回答 {}。',
+            '例如 {"company": ["浙商银行"], "name": ["叶老桂"]}；没有实体时回答 {}。',
     "list": f"抽取下面文本中的实体，实体类型只能是：{_TYPE_LIST}。以 JSON 列表回答，每个实体一项，"
-            '例如 [{"label": "name", "text": "叶老桂"}, {"label": "company", "text": "浙商银行"}]；没有实体时回答 []。',
+            '例如 [{"label": "company", "text": "浙商银行"}, {"label": "name", "text": "叶老桂"}]；没有实体时回答 []。',
 }
 
 
@@ -203,8 +204,20 @@ def huanhuan(row: object, fmt: str = "dict") -> dict:
 CLASSIFICATION_SYSTEM = "你是一个文本分类助手：根据候选类别判断文本的类别，只回答类别名称。"
 
 
+CLASSIFICATION_PREFIX = "判断下面文本的类别，候选类别："
+
+
 def classification_instruction(categories: list[str]) -> str:
-    return f"判断下面文本的类别，候选类别：{'、'.join(categories)}。"
+    return f"{CLASSIFICATION_PREFIX}{'、'.join(categories)}。"
+
+
+def classification_categories(instruction: str) -> list[str] | None:
+    """The candidate categories of a converted classification record (the inverse of `classification_instruction`),
+    or None when the instruction is not one this converter wrote."""
+    if not (instruction.startswith(CLASSIFICATION_PREFIX) and instruction.endswith("。")):
+        return None
+    names = instruction[len(CLASSIFICATION_PREFIX):-1].split("、")
+    return names if all(names) else None
 
 
 @register("classification", raw_format="any")
@@ -216,6 +229,8 @@ def classification(row: object, fmt: str = "dict") -> dict:
     if not (isinstance(categories, list) and categories and all(isinstance(c, str) and c for c in categories)):
         raise RowError("bad category", "`category` is not a non-empty list of category names")
     categories = [_string(c, "category") for c in categories]
+    if any("、" in c for c in categories):
+        raise RowError("bad category", "a `category` name contains `、`, which separates the candidates in the prompt")
     label = _text(row, "output" if "output" in row else "label")
     if label not in categories:
         raise RowError("label not in category", f"the label `{label}` is not among `category`")

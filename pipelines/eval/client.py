@@ -119,8 +119,9 @@ def missing_models(wanted: Sequence[str], served: Sequence[str], base_url: str) 
             f"(or `make lora-load NAME=…`) or fix `--model`.")
 
 
-async def check_served(client: Any, base_url: str, wanted: Sequence[str]) -> dict[str, int | None]:
-    """GET /models; each served name with its `max_model_len` (vLLM lists it for base models, else None).
+async def check_served(client: Any, base_url: str, wanted: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """GET /models; each served name with what vLLM says of it: `max_model_len` (listed for base models, else
+    None), `root` (the model or adapter path) and `parent` (an adapter's base).
 
     Raises EvalError when the server is down or a wanted model is not listed.
     """
@@ -134,7 +135,7 @@ async def check_served(client: Any, base_url: str, wanted: Sequence[str]) -> dic
     except openai.APIStatusError as e:
         raise EvalError(f"the server at `{base_url}` answered `GET /models` with HTTP {e.status_code}: "
                         f"check `--base-url` (it ends in `/v1`) and `--api-key-env`.") from None
-    served = {m.id: getattr(m, "max_model_len", None) for m in page.data}
+    served = {m.id: {k: getattr(m, k, None) for k in ("max_model_len", "root", "parent")} for m in page.data}
     problem = missing_models(wanted, list(served), base_url)
     if problem:
         raise EvalError(problem)
@@ -152,8 +153,10 @@ async def answer_all(
     retry: RetryPolicy,
     progress: bool = True,
     desc: str | None = None,
+    rejected_hint: str = "if the context is too long, pass a smaller `--max-tokens`",
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Answer every (id, key, request) not yet in `path`, appending each answer as it arrives; all rows by key."""
+    """Answer every (id, key, request) not yet in `path`, appending each answer as it arrives; all rows by key.
+    `rejected_hint` ends the sentence when the server refuses a request outright (HTTP 400 and the like)."""
     from tqdm import tqdm
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +181,9 @@ async def answer_all(
                     failures.append(f)
                     return
                 row = {"id": rid, "key": key, **res}
+                so = (req.get("extra_body") or {}).get("structured_outputs")
+                if so:  # which constraint the server was asked to obey ("grammar", "choice")
+                    row["constraint"] = next(iter(so))
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()
                 done[(rid, key)] = row
@@ -195,6 +201,6 @@ async def answer_all(
             )
         raise EvalError(
             f"the server rejected record `{f.record_id}` for `{model}` ({describe(f.error)}); {kept} of "
-            f"{len(wanted)} answers are kept in `{path}`: if the context is too long, pass a smaller `--max-tokens`."
+            f"{len(wanted)} answers are kept in `{path}`: {rejected_hint}."
         )
     return done

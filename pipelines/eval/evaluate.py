@@ -28,7 +28,7 @@ from typing import Any
 
 from pipelines.common.io import file_sha256, write_json
 from pipelines.data.records import RecordError, load_records, user_text
-from pipelines.eval import EvalError, tasks
+from pipelines.eval import EvalError, constraints, tasks
 from pipelines.eval.client import (
     CONNECT_TIMEOUT_S,
     DEFAULT_TIMEOUT_S,
@@ -38,7 +38,15 @@ from pipelines.eval.client import (
     make_client,
     normalize_base_url,
 )
-from pipelines.eval.predictions import model_dir_name
+from pipelines.eval.constrain import extra_body
+from pipelines.eval.predictions import (
+    answer_key,
+    load_done,
+    model_dir_name,
+    model_identity,
+    predictions_path,
+    set_aside,
+)
 from pipelines.eval.prompts import (
     MAX_TOKENS_MARGIN,
     build_request,
@@ -49,7 +57,7 @@ from pipelines.eval.prompts import (
 )
 
 #: Bump when a change alters what is sent or how it is scored: figures of different versions do not compare.
-EVAL_SPEC_VERSION = "1"
+EVAL_SPEC_VERSION = "2"
 N_EXAMPLES = 3
 
 
@@ -91,6 +99,35 @@ def pick_examples(
 # ---------------------------------------------------------------- the run
 
 
+def check_data(spec: tasks.Task, records: Sequence[dict[str, str]], source: str | Path) -> None:
+    """Refuse data the task cannot score, before the first request is sent."""
+    if spec.kind == "ner":
+        from pipelines.eval.scoring import parse_entities
+
+        for r in records:
+            if not parse_entities(r["output"]).valid_json:
+                raise EvalError(f"record `{r['id']}` of `{source}` has a gold answer that is not a JSON object or list "
+                                f"({r['output'][:40]!r}), so `--task {spec.name}` cannot score it: pass the task the "
+                                "data was converted for (e.g. `--task ruozhiba`) or regenerate it with `make data`.")
+    elif spec.kind == "classification":
+        for r in records:
+            if not r["output"].strip():
+                raise EvalError(f"record `{r['id']}` of `{source}` has an empty label: regenerate it with `make data`.")
+
+
+def check_settings(concurrency: int, limit: int | None, max_tokens: int | None, timeout: float,
+                   retry: RetryPolicy, constrain_mode: str) -> None:
+    """The numbers and modes of a run, range-checked (the CLI checks the same at parse time)."""
+    for name, value, least in (("--concurrency", concurrency, 1), ("--limit", limit, 1),
+                               ("--max-tokens", max_tokens, 1), ("--retries", retry.attempts, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise EvalError(f"`{name} {value}` must be a whole number of at least {least}.")
+    if not (isinstance(timeout, (int, float)) and timeout > 0 and timeout < float("inf")):
+        raise EvalError(f"`--timeout {timeout}` must be a positive number of seconds.")
+    if constrain_mode not in constraints.MODES:
+        raise EvalError(f"`--constrain {constrain_mode}` is not one of {', '.join(constraints.MODES)}.")
+
+
 def run_eval(
     base_url: str,
     task: str,
@@ -108,23 +145,43 @@ def run_eval(
     template: str = "qwen",
     retry: RetryPolicy = RetryPolicy(),
     progress: bool = True,
+    constrain: str = "none",
+    fresh: bool = False,
+    echo=None,
 ) -> dict[str, Any]:
-    """Evaluate `models` served at `base_url` on `data`; write OUT/metrics.json and OUT/report.md; the metrics."""
+    """Evaluate `models` served at `base_url` on `data`; write OUT/metrics.json and OUT/report.md; the metrics.
+
+    `constrain`: `none` (plain requests), `auto` (the task's constraint where it has one: spans of the input for
+    NER, one of the candidates for classification), `both` (each model plainly and constrained). `fresh`: set the
+    saved answers aside and ask for all of them again."""
+    echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
     spec = tasks.get(task)
+    check_settings(concurrency, limit, max_tokens, timeout, retry, constrain)
     if not models:
         raise EvalError("no `--model` given: name the served base model and/or adapters to evaluate.")
     if judge and len(models) < 2:
         raise EvalError("`--judge` compares the first `--model` (the baseline) with the others: pass at least two.")
     kind = spec.kind
     models = list(dict.fromkeys(models))
+    folders = [model_dir_name(m).lower() for m in models]
+    if len(set(folders)) < len(folders):
+        raise EvalError(f"the models {', '.join(f'`{m}`' for m in models)} would share a predictions folder on a "
+                        "case-insensitive file system: evaluate them into separate `--out` folders.")
+    passes = {"none": [False], "auto": [spec.constraint is not None], "both": [False, True]}[constrain]
+    if spec.constraint is None:
+        passes = [False]
     base_url = normalize_base_url(base_url)
     out = Path(out)
     try:
         records = load_records(data, limit)
     except RecordError as e:
         raise EvalError(str(e)) from None
+    check_data(spec, records, data)
+    form = constraints.answer_form(records, str(data)) if True in passes and spec.constraint == "spans" else None
+    constrained_so = ([constraints.record_constraint(spec, r, form) for r in records] if True in passes else None)
+
     served = asyncio.run(_check(base_url, api_key, timeout, [*models, *([judge] if judge else [])]))
-    contexts = [served[m] for m in served if isinstance(served[m], int)]
+    contexts = [served[m]["max_model_len"] for m in served if isinstance(served[m]["max_model_len"], int)]
     context = min(contexts) if contexts else None
     if max_tokens:
         n_tokens, tokens_from = max_tokens, "--max-tokens"
@@ -135,9 +192,11 @@ def run_eval(
         if n_tokens < estimate:
             tokens_from += (f", lowered from {estimate} to fit the served context of {context} tokens "
                             f"(prompts up to {prompt_token_bound(records)})")
-    requests = [build_request(r, n_tokens) for r in records]
-    keys = [request_key(q) for q in requests]
-    items = [(r["id"], k, q) for r, k, q in zip(records, keys, requests)]
+    plain = [build_request(r, n_tokens) for r in records]
+    requests = {False: plain}
+    if constrained_so is not None:
+        requests[True] = [{**q, "extra_body": extra_body(so)} for q, so in zip(plain, constrained_so)]
+    identities = {m: model_identity(served[m]) for m in models}
 
     parity_summary = None
     if tokenizer:
@@ -148,16 +207,38 @@ def run_eval(
             raise EvalError(checked.message)
         parity_summary = {"tokenizer": str(tokenizer), "template": template, "records": checked.n, "identical": True}
 
-    answers: dict[str, list[str]] = {}
-    per_model: dict[str, dict[str, Any]] = {}
+    answers: dict[bool, dict[str, list[str]]] = {c: {} for c in passes}
+    figures: dict[bool, dict[str, dict[str, Any]]] = {c: {} for c in passes}
+    golds = [r["output"] for r in records]
     for model in models:
-        path = out / model_dir_name(model) / "predictions.jsonl"
-        done = asyncio.run(_answer(base_url, api_key, timeout, concurrency, model, items, path, retry, progress))
-        rows = [done[(r["id"], k)] for r, k in zip(records, keys)]
-        answers[model] = [row["answer"] for row in rows]
-        finish = [row.get("finish_reason") for row in rows]
-        per_model[model] = score(kind, answers[model], [r["output"] for r in records], finish)
+        path = predictions_path(out, model)
+        if fresh and (old := set_aside(path)):
+            echo(f"evaluate: `{model}`: the saved answers were set aside in `{old}` (--fresh)")
+        saved = load_done(path) if path.exists() else {}
+        for constrained in passes:
+            keys = [answer_key(q, identities[model]) for q in requests[constrained]]
+            items = [(r["id"], k, q) for r, k, q in zip(records, keys, requests[constrained])]
+            reused = sum((r["id"], k) in saved for r, k in zip(records, keys))
+            label = f"`{model}`" + (" constrained" if constrained else "")
+            if reused:
+                echo(f"evaluate: {label}: {reused} of {len(items)} answers reused from `{path}` "
+                     "(same requests, same model; `--fresh` asks again)")
+            elif saved:
+                echo(f"evaluate: {label}: none of the {len(saved)} saved answers in `{path}` are for these requests to "
+                     "this model (other data, settings or weights); asking for all")
+            done = asyncio.run(_answer(base_url, api_key, timeout, concurrency, model, items, path, retry, progress,
+                                       records if constrained else None, spec, form))
+            rows = [done[(r["id"], k)] for r, k in zip(records, keys)]
+            answers[constrained][model] = [row["answer"] for row in rows]
+            finish = [row.get("finish_reason") for row in rows]
+            if constrained:
+                _check_obeyed(spec, records, form, answers[True][model], base_url, model, finish)
+            figures[constrained][model] = score(kind, answers[constrained][model], golds, finish)
 
+    settings_constraint = {"mode": constrain, "kind": spec.constraint if True in passes else None,
+                           "form": form, "described": constraints.describe(spec) if True in passes else None}
+    if True in passes and spec.constraint == "spans":
+        settings_constraint["gold_outside_input"] = constraints.gold_outside_input(records)
     metrics: dict[str, Any] = {
         "eval_spec_version": EVAL_SPEC_VERSION,
         "task": task,
@@ -175,20 +256,43 @@ def run_eval(
             "timeout_s": timeout,
             "connect_timeout_s": CONNECT_TIMEOUT_S,
             "parity": parity_summary,
+            "constraint": settings_constraint,
+            "models": identities,
         },
-        "models": per_model,
+        "models": figures.get(False, {}),
     }
+    if True in passes:
+        metrics["constrained"] = figures[True]
+    primary = answers[False] if False in passes else answers[True]
     if judge:
         metrics["judge"] = asyncio.run(
-            _judge(base_url, api_key, timeout, concurrency, judge, models, records, answers, out, retry, progress)
+            _judge(base_url, api_key, timeout, concurrency, judge, models, records, primary, out, retry, progress)
         )
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     from pipelines.eval import report
 
-    report.write_report(out, metrics, pick_examples(records, answers))
+    shown = {m: a for m, a in primary.items()}
+    if False in passes and True in passes:
+        shown.update({f"{m} (constrained)": a for m, a in answers[True].items()})
+    report.write_report(out, metrics, pick_examples(records, shown))
     return metrics
+
+
+def _check_obeyed(spec: tasks.Task, records: Sequence[dict[str, str]], form: str | None, answers: Sequence[str],
+                  base_url: str, model: str, finish: Sequence[str | None] | None = None) -> None:
+    """Every finished constrained answer lies in its constraint's language, or the run stops: a server that ignores
+    `structured_outputs` (vLLM before 0.12 read other fields; some servers drop unknown ones silently) would
+    otherwise pass unconstrained answers off as constrained."""
+    for i, (r, a) in enumerate(zip(records, answers)):
+        if finish is not None and finish[i] == "length":
+            continue  # cut at max_tokens: incomplete by construction
+        if not constraints.obeys(spec, r, form, a):
+            raise EvalError(f"the server at `{base_url}` did not obey `structured_outputs` for `{model}`: record "
+                            f"`{r['id']}` was answered {a[:60]!r}, which is not {constraints.describe(spec)}; serve "
+                            "with vLLM >= 0.12 and a structured-output backend (`--structured-outputs-config.backend "
+                            "xgrammar` in the serve config's `extra_args`), or evaluate with `--constrain none`.")
 
 
 async def _check(base_url: str, api_key: str | None, timeout: float, wanted: Sequence[str]) -> dict[str, int | None]:
@@ -196,10 +300,24 @@ async def _check(base_url: str, api_key: str | None, timeout: float, wanted: Seq
         return await check_served(client, base_url, wanted)
 
 
-async def _answer(base_url, api_key, timeout, concurrency, model, items, path, retry, progress):
+async def _answer(base_url, api_key, timeout, concurrency, model, items, path, retry, progress,
+                  probe_records=None, spec=None, form=None):
+    """Answer `items`; for a constrained run (`probe_records` given) the first few first, checked against their
+    constraint before the rest is sent, so a server that ignores the constraint costs seconds, not a whole run."""
+    hint = ("if it refused the `structured_outputs` grammar, serve with vLLM >= 0.12 and a structured-output "
+            "backend, or evaluate with `--constrain none`") if probe_records is not None else \
+        "if the context is too long, pass a smaller `--max-tokens`"
     async with make_client(base_url, api_key, timeout, concurrency) as client:
+        if probe_records is not None:
+            probe = items[:constraints.PROBE]
+            done = await answer_all(client, model, probe, path, base_url=base_url, concurrency=concurrency,
+                                    retry=retry, progress=False, rejected_hint=hint)
+            rows = [done[(rid, key)] for rid, key, _ in probe]
+            _check_obeyed(spec, probe_records[:len(probe)], form, [row["answer"] for row in rows], base_url, model,
+                          [row.get("finish_reason") for row in rows])
         return await answer_all(client, model, items, path, base_url=base_url, concurrency=concurrency,
-                                retry=retry, progress=progress)
+                                retry=retry, progress=progress, rejected_hint=hint,
+                                desc=f"{model} (constrained)" if probe_records is not None else None)
 
 
 async def _judge(base_url, api_key, timeout, concurrency, judge, models, records, answers, out, retry, progress):
@@ -226,6 +344,28 @@ async def _judge(base_url, api_key, timeout, concurrency, judge, models, records
 # ---------------------------------------------------------------- CLI
 
 
+def _at_least(least: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"`{text}` is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"`{text}` must be at least {least}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"`{text}` is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"`{text}` must be a positive number of seconds")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m pipelines eval", description=__doc__.splitlines()[0])
     ap.add_argument("--base-url", required=True, help="the server's OpenAI base URL, e.g. http://127.0.0.1:8000/v1")
@@ -234,12 +374,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", action="append", required=True, dest="models",
                     help="a served model name (base or adapter); repeat; the first is the baseline")
     ap.add_argument("--out", required=True, help="output folder: <model>/predictions.jsonl, metrics.json, report.md")
-    ap.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default 16)")
-    ap.add_argument("--limit", type=int, help="evaluate the first N records only")
+    ap.add_argument("--concurrency", type=_at_least(1), default=16, help="requests in flight at once (default 16)")
+    ap.add_argument("--limit", type=_at_least(1), help="evaluate the first N records only")
     ap.add_argument("--api-key-env", default="VLLM_API_KEY", help="environment variable holding the API key")
-    ap.add_argument("--max-tokens", type=int, help="max_tokens per answer (default: from the data's gold answers)")
-    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="read timeout per request, seconds")
-    ap.add_argument("--retries", type=int, default=RetryPolicy.attempts, help="tries per request on transient errors")
+    ap.add_argument("--max-tokens", type=_at_least(1), help="max_tokens per answer (default: from the gold answers)")
+    ap.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, help="read timeout per request, seconds")
+    ap.add_argument("--retries", type=_at_least(1), default=RetryPolicy.attempts,
+                    help="tries per request on transient errors")
+    ap.add_argument("--constrain", choices=constraints.MODES, default="none",
+                    help="none (default); auto: spans of the input for NER, one of the candidates for classification; "
+                         "both: each model plainly and constrained")
+    ap.add_argument("--fresh", action="store_true", help="set the saved answers aside and ask for all of them again")
     ap.add_argument("--judge", help="a served model that judges each later --model against the first (win rate)")
     ap.add_argument("--tokenizer", help="model folder: check train/serve prompt parity with it before evaluating")
     ap.add_argument("--template", default="qwen", help="LLaMA-Factory template for the parity check (default qwen)")
@@ -255,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             concurrency=args.concurrency, limit=args.limit, api_key=os.environ.get(args.api_key_env),
             max_tokens=args.max_tokens, timeout=args.timeout, judge=args.judge, tokenizer=args.tokenizer,
             template=args.template, retry=RetryPolicy(attempts=args.retries), progress=not args.no_progress,
+            constrain=args.constrain, fresh=args.fresh,
         )
     except EvalError as e:
         print(f"evaluate: {e}", file=sys.stderr)
@@ -263,8 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("evaluate: interrupted; the answers so far are kept: rerun the same command to resume.", file=sys.stderr)
         return 130
     keys = tasks.get(metrics["task"]).summary
-    for model, m in metrics["models"].items():
-        print(f"{model}: n={m['n']} " + " ".join(f"{k}={m[k]:.4f}" for k in keys))
+    for section, suffix in (("models", ""), ("constrained", " (constrained)")):
+        for model, m in metrics.get(section, {}).items():
+            print(f"{model}{suffix}: n={m['n']} " + " ".join(f"{k}={m[k]:.4f}" for k in keys))
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.md'}")
     return 0
 

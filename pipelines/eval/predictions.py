@@ -1,19 +1,63 @@
 """The predictions file, `OUT/<model>/predictions.jsonl`: one JSON row per answer, appended as it arrives, so a
-killed run loses only its requests in flight and a rerun sends only what is missing."""
+killed run loses only its requests in flight and a rerun sends only what is missing.
+
+A row is reused only for the same request to the same model: its key is the sha256 of the request and of the
+model's identity — the served name's `root` and `parent` in `/v1/models` and, where that folder is readable here,
+the fingerprint of its weights. A retrained adapter served under the old name, or another adapter loaded under it,
+is a new model whose answers are asked for again.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from pipelines.common.io import weights_fingerprint
 from pipelines.eval import EvalError
+
+PREDICTIONS = "predictions.jsonl"
 
 
 def model_dir_name(model: str) -> str:
-    """A directory name for a served model name (`/` and other unsafe characters become `_`)."""
-    return re.sub(r'[\\/:*?"<>|\s]+', "_", model).strip(".") or "_"
+    """A directory name for a served model name, distinct for distinct names: characters other than letters, digits
+    and `-._` are %-escaped (`team/ner` → `team%2Fner`, never the folder of `team_ner`)."""
+    name = quote(model, safe="-_~")
+    name = name.replace(".", "%2E") if set(name) <= {"."} or name.startswith(".") else name
+    return name or "%00"
+
+
+def predictions_path(out: Path, model: str) -> Path:
+    return Path(out) / model_dir_name(model) / PREDICTIONS
+
+
+def model_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What a served name stands for: `root` (the model or adapter path the server loaded), `parent` (an adapter's
+    base) and, when `root` is a folder on this machine, its weights' fingerprint."""
+    root, parent = info.get("root"), info.get("parent")
+    fingerprint = None
+    if isinstance(root, str) and root and Path(root).is_dir():
+        fingerprint = weights_fingerprint(root)
+    return {"root": root, "parent": parent, "weights": fingerprint}
+
+
+def answer_key(request: dict[str, Any], identity: dict[str, Any]) -> str:
+    """The key of a saved answer: sha256 of the request (prompt, settings, constraint) and the model's identity."""
+    canon = json.dumps({"request": request, "model": identity}, sort_keys=True, ensure_ascii=False,
+                       separators=(",", ":"))
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def set_aside(path: Path) -> Path | None:
+    """`--fresh`: move a predictions file out of the way (kept beside it with a time stamp); its new name."""
+    if not path.exists():
+        return None
+    target = path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl.old")
+    path.rename(target)
+    return target
 
 
 def load_done(path: Path) -> dict[tuple[str, str], dict[str, Any]]:

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.common.io import write_json
 from pipelines.eval import tasks
 
 PER_TYPE_PNG = "per_type_f1.png"
+EXAMPLES = "examples.json"  # the report's examples, for the run report
 SCORES_PNG = "scores.png"
 
 
@@ -32,16 +34,31 @@ def _block(text: str) -> list[str]:
     return [fence, text, fence]
 
 
+CONSTRAINED = " (constrained)"
+
+
+def columns(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every evaluated model's figures by column name: each model plainly, then constrained when that ran."""
+    plain, constrained = metrics.get("models") or {}, metrics.get("constrained") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for m in dict.fromkeys([*plain, *constrained]):
+        if m in plain:
+            out[m] = plain[m]
+        if m in constrained:
+            out[m + CONSTRAINED] = constrained[m]
+    return out
+
+
 def gold_types(metrics: dict[str, Any]) -> list[str]:
     """The entity types present in the gold answers (support > 0), sorted."""
-    ms = metrics["models"]
+    ms = columns(metrics)
     return sorted({t for m in ms for t, v in ms[m]["per_type"].items() if v["support"]})
 
 
 def render_markdown(metrics: dict[str, Any], examples: Sequence[dict[str, Any]], plots: Sequence[str] = ()) -> str:
     """The report's Markdown (pure): scores side by side, per-type F1, judge, plots, before/after examples."""
-    models = list(metrics["models"])
-    ms = metrics["models"]
+    ms = columns(metrics)
+    models = list(ms)
     s, d = metrics["settings"], metrics["data"]
     lines = [
         f"# Evaluation: `{metrics['task']}`",
@@ -56,6 +73,15 @@ def render_markdown(metrics: dict[str, Any], examples: Sequence[dict[str, Any]],
         p = s["parity"]
         lines.append(f"- prompt parity: identical tokens for {p['records']} records "
                      f"(`{p['tokenizer']}`, template `{p['template']}`)")
+    c = s.get("constraint") or {}
+    if c.get("kind"):
+        lines.append(f"- constrained decoding (`--constrain {c['mode']}`): {c['described']}, enforced by the server "
+                     "(vLLM structured outputs); a constrained answer is valid JSON by construction, so the valid-JSON "
+                     "and trailing-text rates are meaningful only unconstrained")
+        g = c.get("gold_outside_input")
+        if g:
+            lines.append(f"- gold entities that are not spans of their input (no constrained answer can name them): "
+                         f"{g['outside_input']} of {g['gold_entities']}")
     lines += ["", "## Scores", ""]
     rows = tasks.get(metrics["task"]).rows
     lines += _table(["metric", *(f"`{m}`" for m in models)],
@@ -96,8 +122,8 @@ def plot(metrics: dict[str, Any], out_dir: Path) -> list[str]:
     except ImportError:
         print("report: matplotlib is not installed; the report has no plots.", file=sys.stderr)
         return []
-    models = list(metrics["models"])
-    ms = metrics["models"]
+    ms = columns(metrics)
+    models = list(ms)
     if metrics["kind"] == "ner":
         groups = gold_types(metrics)
         values = {m: [ms[m]["per_type"].get(t, {}).get("f1", 0.0) for t in groups] for m in models}
@@ -135,6 +161,8 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], examples: Sequenc
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "report.md"
     path.write_text(render_markdown(metrics, examples, plot(metrics, out_dir)), encoding="utf-8")
+    if examples:
+        write_json(out_dir / EXAMPLES, list(examples))
     return path
 
 

@@ -32,6 +32,7 @@ class Task:
     summary: tuple[str, ...]  # figures printed after a run
     columns: tuple[tuple[str, str], ...]  # (header, metric) of the run report's table
     labels: tuple[str, ...] = ()  # NER: the entity types an answer may name
+    constraint: str | None = None  # what `--constrain auto` asks the server for: "spans", "choice" or none
 
     @property
     def scale(self) -> str:
@@ -76,7 +77,7 @@ def get(name: str) -> Task:
 
 def _ner(name: str, labels: tuple[str, ...]) -> Task:
     return Task(name, "ner", "json entities", "micro_f1", NER_ROWS, ("micro_f1", "type_f1", "trailing_text_rate"),
-                NER_COLUMNS, labels)
+                NER_COLUMNS, labels, constraint="spans")
 
 
 def _generation(name: str) -> Task:
@@ -87,4 +88,5 @@ register(_ner("cluener", CLUENER_TYPES))
 register(_generation("ruozhiba"))
 register(_generation("huanhuan"))
 register(_generation("generation"))
-register(Task("classification", "classification", "label", "accuracy", CLS_ROWS, ("accuracy",), CLS_COLUMNS))
+register(Task("classification", "classification", "label", "accuracy", CLS_ROWS, ("accuracy",), CLS_COLUMNS,
+              constraint="choice"))

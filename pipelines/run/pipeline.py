@@ -1,7 +1,8 @@
 """`make all`: the whole pipeline, one stage after another, each a command you could type yourself.
 
     base model → data → NER adapter + ruozhiba adapter (llamafactory-cli) → one vLLM server with both →
-    evaluation of the base and each adapter (OpenAI client) → server stopped → results/<run>/report.md
+    evaluation of the base and each adapter (OpenAI client; NER also with span-constrained decoding) →
+    server stopped → results/<run>/report.md
 
 PROFILE=cpu (default) uses the tiny model the project builds and pre-trains itself; PROFILE=gpu uses the
 Qwen2.5 configs of conf/ (MODEL= picks the base, e.g. Qwen/Qwen2.5-7B-Instruct). DRY_RUN=1 prints every
@@ -25,6 +26,7 @@ import yaml
 from pipelines.common.flags import FlagError, env_flag
 from pipelines.common.paths import ROOT, TINY_BASE
 from pipelines.eval import tasks
+from pipelines.eval.report import columns as report_columns
 from pipelines.run import report as run_report
 
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -103,9 +105,10 @@ def plan(profile_name: str, model: str | None, run_dir: Path, port: int, raw: di
     url = f"http://127.0.0.1:{port}/v1"
     lim = ["--limit", str(eval_limit)] if eval_limit else []
     for t in names:
+        both = ["--constrain", "both"] if tasks.get(t).constraint else []  # NER: plainly and spans-constrained
         stages.append(Stage(f"eval-{t}", [*CLI, "eval", "--base-url", url, "--task", t,
                                           "--data", tasks.get(t).val_data(), "--model", p.base_name, "--model", t,
-                                          "--out", str(run_dir / f"eval-{t}"), "--tokenizer", model, *lim]))
+                                          "--out", str(run_dir / f"eval-{t}"), "--tokenizer", model, *lim, *both]))
     stages.append(Stage("serve-stop", [*CLI, "serve", "stop", str(serve_path), "--port", str(port)], always=True))
     return stages
 
@@ -161,10 +164,10 @@ def headline(run_dir: Path, base: str) -> str:
         keys = [k for _, k in spec.columns if k != "n"][:5]
         if not lines or lines[-1]:
             lines.append("")
-        lines.append(f"  {t}: {'model':<16} " + " ".join(f"{k:>18}" for k in keys))
-        for name, m in metrics["models"].items():
+        lines.append(f"  {t}: {'model':<26} " + " ".join(f"{k:>18}" for k in keys))
+        for name, m in report_columns(metrics).items():
             m = dict(m, valid_json_rate=1 - m["invalid_json_rate"]) if "invalid_json_rate" in m else m
-            lines.append(f"  {' ' * len(t)}  {name:<16} " + " ".join(f"{m.get(k, float('nan')):>18.3f}" for k in keys))
+            lines.append(f"  {' ' * len(t)}  {name:<26} " + " ".join(f"{m.get(k, float('nan')):>18.3f}" for k in keys))
     if not lines:
         return "  (no evaluation results)"
     lines.append("")

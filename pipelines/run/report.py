@@ -16,9 +16,12 @@ from typing import Any
 
 from pipelines.common.paths import TRAIN_MANIFEST
 from pipelines.eval import tasks
+from pipelines.eval.report import CONSTRAINED, EXAMPLES
+from pipelines.eval.report import columns as report_columns
 
 # What the demo must show, checked at the end of `make all`: each criterion reads the run's NER task (`ner`)
-# and generation task (`gen`), {model: figures} each; `b` is the base's served name, `a`/`g` the adapters'.
+# and generation task (`gen`), {model: figures} each (a constrained run's as "<model> (constrained)"); `b` is the
+# base's served name, `a`/`g` the adapters'.
 CRITERIA = [
     ("NER adapter valid-JSON rate ≥ 0.95", lambda ner, gen, b, a, g: 1 - ner[a]["invalid_json_rate"] >= 0.95),
     ("base valid-JSON rate ≤ 0.2", lambda ner, gen, b, a, g: 1 - ner[b]["invalid_json_rate"] <= 0.2),
@@ -26,6 +29,8 @@ CRITERIA = [
     ("NER adapter type-F1 ≥ 0.6 and ≥ base + 0.3",
      lambda ner, gen, b, a, g: ner[a]["type_f1"] >= 0.6 and ner[a]["type_f1"] >= ner[b]["type_f1"] + 0.3),
     ("generation adapter ROUGE-L > base", lambda ner, gen, b, a, g: gen[g]["rouge_l"] > gen[b]["rouge_l"]),
+    ("NER adapter constrained entity micro-F1 ≥ 0.5 and ≥ 5 × unconstrained",
+     lambda ner, gen, b, a, g: ner[a + CONSTRAINED]["micro_f1"] >= max(0.5, 5 * ner[a]["micro_f1"])),
 ]
 
 
@@ -55,7 +60,13 @@ def check_criteria(ner: dict[str, Any], gen: dict[str, Any], base: str, ner_adap
                    gen_adapter: str) -> list[tuple[str, bool]]:
     """Each criterion with whether it holds; `ner`/`gen` map model names to their metrics; the adapters are
     served under their task's name."""
-    return [(text, bool(fn(ner, gen, base, ner_adapter, gen_adapter))) for text, fn in CRITERIA]
+    def holds(fn) -> bool:
+        try:
+            return bool(fn(ner, gen, base, ner_adapter, gen_adapter))
+        except KeyError:  # a figure the run did not produce (e.g. no constrained evaluation)
+            return False
+
+    return [(text, holds(fn)) for text, fn in CRITERIA]
 
 
 def criteria(run_dir: Path, base: str) -> list[tuple[str, bool]]:
@@ -64,7 +75,7 @@ def criteria(run_dir: Path, base: str) -> list[tuple[str, bool]]:
     if "ner" not in kinds or "generation" not in kinds:
         return []
     (nt, ner), (gt, gen) = kinds["ner"], kinds["generation"]
-    return check_criteria(ner["models"], gen["models"], base, nt, gt)
+    return check_criteria(report_columns(ner), report_columns(gen), base, nt, gt)
 
 
 def _num(v: Any) -> str:
@@ -81,37 +92,19 @@ def _table(models: dict[str, dict[str, Any]], columns: tuple[tuple[str, str], ..
     return rows
 
 
-def _predictions(eval_dir: Path, model: str) -> dict[str, str]:
-    path = eval_dir / model / "predictions.jsonl"
-    out: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                out[row["id"]] = row["answer"]
-    return out
-
-
-def examples(run_dir: Path, task: str, metrics: dict[str, Any], k: int = 3) -> list[str]:
-    """Before/after: records where base and adapter answer differently, with the gold answer."""
-    eval_dir = run_dir / f"eval-{task}"
-    models = list(metrics["models"])
-    answers = {m: _predictions(eval_dir, m) for m in models}
-    data_path = Path(metrics["data"]["path"])
-    if not data_path.exists():
+def examples(run_dir: Path, task: str, k: int = 3) -> list[str]:
+    """Before/after: the evaluation's own examples (`examples.json`: records where the models answer differently
+    first), with the gold answer."""
+    path = run_dir / f"eval-{task}" / EXAMPLES
+    if not path.exists():
         return []
     out: list[str] = []
-    for rec in json.loads(data_path.read_text(encoding="utf-8")):
-        got = [answers[m].get(rec["id"]) for m in models]
-        if None in got or len(set(got)) < 2:
-            continue
-        out.append(f"**{rec['id']}** — input: {rec['input'] or rec['instruction']}")
+    for ex in json.loads(path.read_text(encoding="utf-8"))[:k]:
+        out.append(f"**{ex['id']}** — input: {ex['user'].splitlines()[-1] if ex['user'] else ''}")
         out.append("")
-        out.append(f"- gold: `{rec['output']}`")
-        out += [f"- `{m}`: `{a[:200].replace(chr(10), ' ')}`" for m, a in zip(models, got)]
+        out.append(f"- gold: `{ex['gold']}`")
+        out += [f"- `{m}`: `{a[:200].replace(chr(10), ' ')}`" for m, a in ex["answers"].items()]
         out.append("")
-        if len(out) >= 7 * k:
-            break
     return out
 
 
@@ -148,12 +141,12 @@ def write(run_dir: Path, base: str) -> Path:
             lines += [f"## {task}: not evaluated", ""]
             continue
         lines += [f"## {task} ({metrics['data']['n']} validation records, scale: {metrics['scale']})", ""]
-        lines += _table(metrics["models"], columns)
+        lines += _table(report_columns(metrics), columns)
         lines.append("")
         for png in sorted((run_dir / f"eval-{task}").glob("*.png")):
             lines += [f"![{task} {png.stem}](eval-{task}/{png.name})", ""]
         lines += [f"Full evaluation report: [eval-{task}/report.md](eval-{task}/report.md)", ""]
-        ex = examples(run_dir, task, metrics)
+        ex = examples(run_dir, task)
         if ex:
             lines += ["### Before / after", "", *ex]
 
