@@ -215,6 +215,11 @@ def test_real_server_constrained_answers_are_spans_of_the_input(tiny_server, ner
     answer = reply.choices[0].message.content
     if reply.choices[0].finish_reason == "stop":
         assert constrain.accepts_ner(answer, text, tasks.get("cluener").labels, "dict"), answer
+    # streaming with the same extra_body gives the same constrained answer, chunk by chunk
+    stream = client.chat.completions.create(model="cluener", messages=[{"role": "user", "content": text}],
+                                            max_tokens=64, temperature=0, extra_body=body, stream=True)
+    chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len(chunks) > 1 and "".join(chunks) == answer
 
 
 @pytest.mark.slow
