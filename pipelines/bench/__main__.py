@@ -14,7 +14,7 @@ from typing import Sequence
 
 from pipelines.bench import common
 
-BENCHES = ("train", "eval", "convert")
+BENCHES = ("train", "eval", "convert", "constrained")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -112,6 +112,11 @@ def _run(name: str, args: argparse.Namespace, work: Path):
                      adapter=args.adapter, port=args.port, data_source=args.data,
                      with_vllm_bench=not args.no_vllm_bench)
         return r, ev.render(r)
+    if name == "constrained":
+        from pipelines.bench import constrained
+
+        r = constrained.bench(work, repeats=args.repeats, quick=args.quick, adapter=args.adapter, port=args.port)
+        return r, constrained.render(r)
     from pipelines.bench import convert
 
     r = convert.bench(work, repeats=args.repeats, quick=args.quick, launches=args.launches, port=args.port,

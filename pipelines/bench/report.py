@@ -21,7 +21,7 @@ Reproduce everything with
 Each figure is the median of the repeats, with (min–max) when they differ. `ratio` is ours / theirs for a
 figure where higher is better. "Theirs" is a faithful re-implementation of the seeds' practice
 (`pipelines/bench/seeds.py`, after /work/shared/SEEDS.md); "ours" is the project's own tool for the step.
-How each side is set up is in the docstrings of `pipelines/bench/{train,eval,convert}.py` and in the
+How each side is set up is in the docstrings of `pipelines/bench/{train,eval,convert,constrained}.py` and in the
 `settings` of each result file.
 """
 
@@ -49,10 +49,11 @@ def _machine(results: list[dict[str, Any]]) -> str:
 
 
 def _section(name: str, result: dict[str, Any]) -> str:
-    from pipelines.bench import convert, train
+    from pipelines.bench import constrained, convert, train
     from pipelines.bench import eval as ev
 
-    render = {"train": train.render, "eval": ev.render, "convert": convert.render}[name]
+    render = {"train": train.render, "eval": ev.render, "convert": convert.render,
+              "constrained": constrained.render}[name]
     warn = ""
     if result.get("quick"):
         warn = ("\n> **Quick mode: small sizes, one repeat, measured on a shared, busy machine. These figures are "
@@ -138,13 +139,17 @@ def _also(name: str, r: dict[str, Any]) -> str:
     if name == "eval":
         return (f"at concurrency {r.get('best_concurrency')}; evaluator efficiency vs `vllm bench serve`: "
                 f"{common.fmt(r.get('efficiency_min'))} at worst (target ≥ {r.get('target_efficiency')})")
+    if name == "constrained":
+        f1 = r.get("micro_f1") or {}
+        return (f"constrained / plain prompts/s at concurrency {r.get('ratio_at_concurrency')}; entity micro-F1 "
+                f"{common.fmt(f1.get('plain'))} → {common.fmt(f1.get('constrained'))}")
     if name == "convert" and r.get("launch"):
         return f"server ready in {common.spread(r['launch'].get('ready_seconds'))} s"
     return "-"
 
 
 def write(results_dir: Path = common.RESULTS_DIR, out: Path = OUT) -> Path:
-    results = {n: common.read_result(n, results_dir) for n in ("train", "eval", "convert")}
+    results = {n: common.read_result(n, results_dir) for n in ("train", "eval", "convert", "constrained")}
     present = {n: r for n, r in results.items() if r}
     parts = [HEAD, "## Machine\n", _machine(list(present.values())) if present else "(no results yet)", ""]
     summary = []
