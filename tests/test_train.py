@@ -224,9 +224,11 @@ def test_sweep_names_and_grid():
 @pytest.mark.slow
 def test_sweep_trains_named_adapters_for_one_server(tmp_path: Path, capfd, tiny_base_dir, converted_data_dir):
     out = tmp_path / "sweep"
-    rc = sweep.main([CONFIG, f"model_name_or_path={tiny_base_dir}", f"dataset_dir={converted_data_dir}",
-                     *QUICK_TRAIN, "max_samples=16", "report_to=none", "--ranks", "8,16", "--lrs", "3e-3",
-                     "--samples", "16", "--out", str(out)])
+    from pipelines.run import sweep as run_sweep
+
+    rc = run_sweep.main([CONFIG, f"model_name_or_path={tiny_base_dir}", f"dataset_dir={converted_data_dir}",
+                         *QUICK_TRAIN, "max_samples=16", "report_to=none", "--ranks", "8,16", "--lrs", "3e-3",
+                         "--samples", "16", "--out", str(out), "--no-eval"])
     text = capfd.readouterr().out
     assert rc == 0
     names = ["cluener-r8-lr3e-3-n16", "cluener-r16-lr3e-3-n16"]

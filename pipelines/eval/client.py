@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.eval import EvalError
-from pipelines.eval.predictions import load_done
+from pipelines.eval.predictions import NotSaved, load_done
 
 #: The connect timeout: httpx's default of 5 s fails on a busy small machine at high concurrency.
 CONNECT_TIMEOUT_S = 30.0
@@ -154,15 +154,19 @@ async def answer_all(
     progress: bool = True,
     desc: str | None = None,
     rejected_hint: str = "if the context is too long, pass a smaller `--max-tokens`",
+    offline: bool = False,
 ) -> dict[tuple[str, str], dict[str, Any]]:
     """Answer every (id, key, request) not yet in `path`, appending each answer as it arrives; all rows by key.
-    `rejected_hint` ends the sentence when the server refuses a request outright (HTTP 400 and the like)."""
+    `rejected_hint` ends the sentence when the server refuses a request outright (HTTP 400 and the like);
+    `offline`: send nothing, and raise NotSaved when an answer is missing."""
     from tqdm import tqdm
 
     path.parent.mkdir(parents=True, exist_ok=True)
     done = load_done(path)
     wanted = {(rid, key): req for rid, key, req in items}
     todo = [(rid, key, req) for (rid, key), req in wanted.items() if (rid, key) not in done]
+    if offline and todo:
+        raise NotSaved(f"{len(todo)} of {len(wanted)} answers of `{model}` are not saved in `{path}`.")
     sem = asyncio.Semaphore(max(concurrency, 1))
     failures: list[_Failure] = []
     # a small blocking append per answer, flushed so that a killed run keeps it: cheaper than a writer thread

@@ -40,6 +40,7 @@ from pipelines.eval.client import (
 )
 from pipelines.eval.constrain import extra_body
 from pipelines.eval.predictions import (
+    NotSaved,
     answer_key,
     load_done,
     model_dir_name,
@@ -147,13 +148,15 @@ def run_eval(
     progress: bool = True,
     constrain: str = "none",
     fresh: bool = False,
+    served: dict[str, dict[str, Any]] | None = None,
     echo=None,
 ) -> dict[str, Any]:
     """Evaluate `models` served at `base_url` on `data`; write OUT/metrics.json and OUT/report.md; the metrics.
 
     `constrain`: `none` (plain requests), `auto` (the task's constraint where it has one: spans of the input for
     NER, one of the candidates for classification), `both` (each model plainly and constrained). `fresh`: set the
-    saved answers aside and ask for all of them again."""
+    saved answers aside and ask for all of them again. `served`: the model cards (`root`, `parent`,
+    `max_model_len` per name) to score saved answers with and no server at all; a missing answer raises NotSaved."""
     echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
     spec = tasks.get(task)
     check_settings(concurrency, limit, max_tokens, timeout, retry, constrain)
@@ -180,7 +183,13 @@ def run_eval(
     form = constraints.answer_form(records, str(data)) if True in passes and spec.constraint == "spans" else None
     constrained_so = ([constraints.record_constraint(spec, r, form) for r in records] if True in passes else None)
 
-    served = asyncio.run(_check(base_url, api_key, timeout, [*models, *([judge] if judge else [])]))
+    offline = served is not None
+    if offline:
+        missing = [m for m in [*models, *([judge] if judge else [])] if m not in served]
+        if missing:
+            raise NotSaved(f"no model card given for {', '.join(missing)}.")
+    else:
+        served = asyncio.run(_check(base_url, api_key, timeout, [*models, *([judge] if judge else [])]))
     contexts = [served[m]["max_model_len"] for m in served if isinstance(served[m]["max_model_len"], int)]
     context = min(contexts) if contexts else None
     if max_tokens:
@@ -227,7 +236,7 @@ def run_eval(
                 echo(f"evaluate: {label}: none of the {len(saved)} saved answers in `{path}` are for these requests to "
                      "this model (other data, settings or weights); asking for all")
             done = asyncio.run(_answer(base_url, api_key, timeout, concurrency, model, items, path, retry, progress,
-                                       records if constrained else None, spec, form))
+                                       records if constrained else None, spec, form, offline))
             rows = [done[(r["id"], k)] for r, k in zip(records, keys)]
             answers[constrained][model] = [row["answer"] for row in rows]
             finish = [row.get("finish_reason") for row in rows]
@@ -301,13 +310,16 @@ async def _check(base_url: str, api_key: str | None, timeout: float, wanted: Seq
 
 
 async def _answer(base_url, api_key, timeout, concurrency, model, items, path, retry, progress,
-                  probe_records=None, spec=None, form=None):
+                  probe_records=None, spec=None, form=None, offline=False):
     """Answer `items`; for a constrained run (`probe_records` given) the first few first, checked against their
     constraint before the rest is sent, so a server that ignores the constraint costs seconds, not a whole run."""
     hint = ("if it refused the `structured_outputs` grammar, serve with vLLM >= 0.12 and a structured-output "
             "backend, or evaluate with `--constrain none`") if probe_records is not None else \
         "if the context is too long, pass a smaller `--max-tokens`"
     async with make_client(base_url, api_key, timeout, concurrency) as client:
+        if offline:
+            return await answer_all(client, model, items, path, base_url=base_url, concurrency=concurrency,
+                                    retry=retry, progress=False, offline=True)
         if probe_records is not None:
             probe = items[:constraints.PROBE]
             done = await answer_all(client, model, probe, path, base_url=base_url, concurrency=concurrency,

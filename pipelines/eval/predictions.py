@@ -22,6 +22,10 @@ from pipelines.eval import EvalError
 PREDICTIONS = "predictions.jsonl"
 
 
+class NotSaved(EvalError):
+    """Scoring from saved answers alone (no server) found answers missing."""
+
+
 def model_dir_name(model: str) -> str:
     """A directory name for a served model name, distinct for distinct names: characters other than letters, digits
     and `-._` are %-escaped (`team/ner` → `team%2Fner`, never the folder of `team_ner`)."""

@@ -15,10 +15,17 @@ from pipelines.serve.config import AdapterInfo, ServeConfig, extra_flags, model_
 DEFAULT_MAX_LORA_RANK = 16  # for a server with no static adapters that allows runtime loading
 
 
-def build_command(cfg: ServeConfig, adapters: list[AdapterInfo], vllm: str | Path | None = None) -> list[str]:
-    """The `vllm serve` argv for `cfg`; `adapters` come from `precheck` (their ranks size `--max-lora-rank`)."""
-    cmd = [str(vllm or venv_bin(VENV_VLLM, "vllm")), "serve", model_arg(cfg.model),
-           "--host", cfg.host, "--port", str(cfg.port), "--served-model-name", cfg.served_model_name,
+def build_command(cfg: ServeConfig, adapters: list[AdapterInfo], vllm: str | Path | None = None, *,
+                  host: str | None = None, paths: Mapping[str, str] | None = None) -> list[str]:
+    """The `vllm serve` argv for `cfg`; `adapters` come from `precheck` (their ranks size `--max-lora-rank`).
+
+    For a server in a container (`make deploy`), `host` replaces `cfg.host` and `paths` maps the local paths of the
+    base model folder and of each adapter folder to where the container mounts them; nothing else changes."""
+    def where(path: str) -> str:
+        return (paths or {}).get(path, path)
+
+    cmd = [str(vllm or venv_bin(VENV_VLLM, "vllm")), "serve", where(model_arg(cfg.model)),
+           "--host", host or cfg.host, "--port", str(cfg.port), "--served-model-name", cfg.served_model_name,
            "--dtype", cfg.dtype,
            "--tensor-parallel-size", str(cfg.tensor_parallel_size),
            "--data-parallel-size", str(cfg.data_parallel_size)]
@@ -33,7 +40,7 @@ def build_command(cfg: ServeConfig, adapters: list[AdapterInfo], vllm: str | Pat
             cmd += ["--max-loras", str(cfg.max_loras or max(1, len(adapters)))]
         if adapters:
             cmd.append("--lora-modules")
-            cmd += [lora_module(a.name, str(a.path), cfg.served_model_name) for a in adapters]
+            cmd += [lora_module(a.name, where(str(a.path)), cfg.served_model_name) for a in adapters]
     return cmd + list(cfg.extra_args)
 
 

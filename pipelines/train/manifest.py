@@ -151,3 +151,30 @@ def read_manifest(output_dir: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _normal(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def stale_reason(output_dir: str | Path, cfg: Mapping) -> str | None:
+    """None when `output_dir` holds a finished run of exactly `cfg` (the merged config as `make train` would run it)
+    on the same data files and base weights; else why it would have to train again."""
+    folder = Path(output_dir)
+    m = read_manifest(folder)
+    if m is None:
+        return "not trained yet"
+    if m.get("exit_code") != 0:
+        return f"its last run failed (exit {m.get('exit_code')})"
+    if not any((folder / w).is_file() for w in ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors")):
+        return "its weights are missing"
+    resume = ("resume_from_checkpoint", "overwrite_output_dir")  # a resumed run trained the same config
+    done = {k: v for k, v in (m.get("config") or {}).items() if k not in resume}
+    if _normal(done) != _normal({k: v for k, v in cfg.items() if k not in resume}):
+        return "its config or overrides differ"
+    then = {k: v.get("sha256") for k, v in (m.get("datasets") or {}).items()}
+    if then != {k: v.get("sha256") for k, v in dataset_files(cfg).items()}:
+        return "its data files changed"
+    if (m.get("base_model") or {}).get("weights_fingerprint") != base_model_identity(cfg)["weights_fingerprint"]:
+        return "its base model's weights changed"
+    return None

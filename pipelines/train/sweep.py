@@ -1,36 +1,39 @@
-"""`make sweep`: train a grid of LoRA adapters (rank × learning rate × training samples) to compare them.
-
-    python -m pipelines sweep CONFIG [key=value …] [--ranks 8,64] [--lrs 1e-3,3e-3] [--samples 600]
-                              [--alpha-ratio R] [--task NAME] [--out saves/sweep] [--dry-run]
+"""The training half of `make sweep`: a grid of LoRA runs (rank × learning rate × training samples), each checked,
+trained or found already trained, each a row of what happened.
 
 Each combination is one `make train` run into `OUT/<task>-r{rank}-lr{lr}-n{samples}` (e.g.
 `saves/sweep/cluener-r8-lr1e-3-n600`), with `lora_alpha = R × rank` (R defaults to the config's alpha/rank, so
-that the LoRA scale alpha/rank stays the config's). All combinations are checked before the first one trains.
-At the end: a table (rank, lr, samples, train/eval loss, seconds) and a serve snippet — the `adapters:` map of a
-`serve/*.yaml` and the matching `vllm serve … --lora-modules` — that serves every adapter from one server;
-the snippet is also written to `OUT/<task>-serve.yaml`. `grid` and `run_name` are the pure core.
+that the LoRA scale alpha/rank stays the config's). A combination the check refuses (a rank vLLM cannot serve),
+or whose training fails, is a row with its one-line reason; the others go on. A run whose manifest matches (same
+merged config, same data files, same base weights) is not trained again. `grid` and `run_name` are the pure core;
+`pipelines.run.sweep` serves and scores what trained.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
+import json
 import os
+import re
 import shlex
+import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import yaml
 
 from pipelines.common.lora import lora_module, servable_rank
-from pipelines.common.paths import ROOT, resolve
+from pipelines.common.paths import ROOT, rel, resolve
 from pipelines.train import check, config
 from pipelines.train import launch as train
-from pipelines.train.manifest import read_manifest
+from pipelines.train.manifest import read_manifest, stale_reason
 
 DEFAULT_RANKS = "8,64"
 DEFAULT_LRS = "1e-3,3e-3"
 DEFAULT_SAMPLES = "600"
+LOGS = "logs"  # OUT/logs/<run>.log: each run's training output
 
 
 def fmt_lr(lr: float) -> str:
@@ -43,7 +46,8 @@ def run_name(task: str, rank: int, lr: float, samples: int) -> str:
     return f"{task}-r{rank}-lr{fmt_lr(lr)}-n{samples}"
 
 
-def _numbers(text: str, kind, flag: str) -> list:
+def numbers(text: str, kind, flag: str) -> list:
+    """`--ranks 8,64` as numbers; a one-sentence SystemExit otherwise."""
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -70,95 +74,179 @@ def task_name(cfg: dict) -> str:
     return first.removesuffix("_train")
 
 
+def alpha_ratio(cfg: dict, given: float | None) -> float:
+    rank = int(cfg.get("lora_rank") or 8)
+    return given or float(cfg.get("lora_alpha") or 2 * rank) / rank
+
+
 def serve_snippet(cfg: dict, adapters: dict[str, str], ranks: list[int]) -> str:
     model = str(cfg.get("model_name_or_path"))
     max_rank = servable_rank(max(ranks))
     modules = " ".join(shlex.quote(lora_module(n, p, model)) for n, p in adapters.items())
     snippet = {"model": model, "adapters": adapters, "max_lora_rank": max_rank, "max_loras": len(adapters)}
-    return ("# serve every sweep adapter from one vLLM server: put these keys into a serve/*.yaml, or run\n"
+    return ("# serve these adapters from one vLLM server: put these keys into a serve/*.yaml, or run\n"
             f"#   vllm serve {model} --enable-lora --max-lora-rank {max_rank} --max-loras {len(adapters)} "
             f"--lora-modules {modules}\n" + yaml.safe_dump(snippet, sort_keys=False, allow_unicode=True))
 
 
-def table(rows: list[dict]) -> str:
-    lines = [f"{'adapter':<34} {'rank':>5} {'lr':>8} {'samples':>8} {'train_loss':>10} {'eval_loss':>9} {'s':>6}"]
-    for r in rows:
-        tl = f"{r['train_loss']:.4f}" if r.get("train_loss") is not None else "-"
-        el = f"{r['eval_loss']:.4f}" if r.get("eval_loss") is not None else "-"
-        status = "" if r["exit"] == 0 else f"  FAILED (exit {r['exit']})"
-        lines.append(f"{r['name']:<34} {r['rank']:>5} {fmt_lr(r['lr']):>8} {r['samples']:>8} {tl:>10} {el:>9} "
-                     f"{r['seconds']:>6.0f}{status}")
+@dataclass
+class Run:
+    """One combination of the grid and what became of it."""
+
+    name: str
+    rank: int
+    alpha: float
+    learning_rate: float
+    samples: int
+    epochs: float | None
+    overrides: list[str]
+    output_dir: str
+    status: str = "pending"  # trained | reused | refused (by the check) | failed (training) | planned (dry run)
+    reason: str | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    train_seconds: float | None = None
+    log: str | None = None
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("trained", "reused")
+
+    def record(self) -> dict:
+        d = asdict(self)
+        d.pop("loss_history")
+        return d
+
+
+def train_command(config_file: str, overrides: list[str]) -> str:
+    """The `make train` command line that reproduces one run."""
+    return f"make train CONFIG={config_file} ARGS={shlex.quote(' '.join(overrides))}"
+
+
+def _results(run: Run) -> None:
+    """Losses, time and loss curve from the run's manifest and trainer state."""
+    folder = resolve(run.output_dir)
+    manifest = read_manifest(folder) or {}
+    results = manifest.get("results") or {}
+    run.train_loss, run.eval_loss = results.get("train_loss"), results.get("eval_loss")
+    run.train_seconds = manifest.get("duration_s")
+    state = folder / "trainer_state.json"
+    if state.is_file():
+        history = json.loads(state.read_text(encoding="utf-8")).get("log_history", [])
+        run.loss_history = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+
+
+_ERROR = re.compile(r"^(?:[\w.]*(?:Error|Exception)|error): (.+)$")
+
+
+def failure_reason(log_text: str, rc: int) -> str:
+    """One line: the last error message in a training log, else the exit status."""
+    found = [m.group(0) for line in log_text.splitlines() if (m := _ERROR.match(line.strip()))]
+    return found[-1][:300] if found else f"`make train` exited with {rc}"
+
+
+def _train(run: Run, config_file: str, base_overrides: list[str], logs: Path) -> None:
+    """Train one run as `python -m pipelines train` in a child process, its output shown and kept in a log."""
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{run.name}.log"
+    cmd = [sys.executable, "-m", "pipelines", "train", config_file, *base_overrides, *run.overrides, "--no-check"]
+    t0 = time.time()
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                encoding="utf-8", errors="replace", bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            fh.write(line)
+        rc = proc.wait()
+    run.log = rel(log)
+    _results(run)
+    run.train_seconds = run.train_seconds or round(time.time() - t0, 1)
+    if rc == 0:
+        run.status = "trained"
+    else:
+        run.status, run.reason = "failed", failure_reason(log.read_text(encoding="utf-8"), rc)
+
+
+def train_grid(config_file: str, overrides: list[str], ranks: list[int], lrs: list[float], samples: list[int], *,
+               out: str, ratio: float | None = None, task: str | None = None, dry_run: bool = False,
+               echo=print) -> tuple[str, dict, list[Run]]:
+    """Check every combination, then train those not trained already. (task, merged config, runs)"""
+    cfg = config.load_config(config_file, overrides)
+    if str(cfg.get("finetuning_type") or "lora") != "lora":
+        raise config.CheckError(f"`{config_file}` is not a LoRA config (`finetuning_type: "
+                                f"{cfg.get('finetuning_type')}`); pick a `conf/*_lora_*.yaml`.")
+    ratio = alpha_ratio(cfg, ratio)
+    task = task or task_name(cfg)
+    runs: list[Run] = []
+    measured = False
+    for (name, extra), (rank, lr, n) in zip(grid(task, ranks, lrs, samples, ratio, out),
+                                            itertools.product(ranks, lrs, samples)):
+        merged = config.load_config(config_file, [*overrides, *extra])
+        run = Run(name, rank, ratio * rank, lr, n, merged.get("num_train_epochs"), extra,
+                  str(merged.get("output_dir")))
+        report = check.check_config(config_file, [*overrides, *extra], measure_lengths=not measured)
+        measured = measured or report.ok
+        if not report.ok:
+            run.status, run.reason = "refused", report.problems[0]
+            echo(f"[{name}] " + report.render())
+        else:
+            for w in report.warnings:
+                echo(f"[{name}] warning: {w}")
+            expected = {**merged, "bf16": False} if train.precision_overrides(merged) else merged
+            why = stale_reason(resolve(run.output_dir), expected)
+            if why is None:
+                run.status = "reused"
+                _results(run)
+            else:
+                run.reason = why
+        runs.append(run)
+    echo(f"sweep: {len(runs)} runs of {config_file} ({task}): ranks {ranks} × lrs {[fmt_lr(x) for x in lrs]} × "
+         f"samples {samples}, lora_alpha = {ratio:g} × rank; "
+         + ", ".join(f"{sum(r.status == s for r in runs)} {s}" for s in ("refused", "reused", "pending")))
+    for run in runs:
+        if run.status != "pending":
+            continue
+        if dry_run:
+            run.status = "planned"
+            echo(f"  {run.name}: {' '.join(run.overrides)} ({run.reason})")
+            continue
+        echo(f"\n==> sweep [{run.name}] ({run.reason})")
+        _train(run, config_file, overrides, resolve(out) / LOGS)
+        if run.status == "failed":
+            echo(f"sweep: [{run.name}] failed: {run.reason}; the other runs go on.")
+    return task, cfg, runs
+
+
+def table(runs: list[Run]) -> str:
+    lines = [f"{'adapter':<34} {'rank':>5} {'lr':>8} {'samples':>8} {'train_loss':>10} {'eval_loss':>9} {'s':>6}  status"]
+    for r in runs:
+        tl = f"{r.train_loss:.4f}" if r.train_loss is not None else "-"
+        el = f"{r.eval_loss:.4f}" if r.eval_loss is not None else "-"
+        s = f"{r.train_seconds:.0f}" if r.train_seconds is not None else "-"
+        status = r.status + (f": {r.reason}" if r.status in ("refused", "failed") else "")
+        lines.append(f"{r.name:<34} {r.rank:>5} {fmt_lr(r.learning_rate):>8} {r.samples:>8} {tl:>10} {el:>9} "
+                     f"{s:>6}  {status}")
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines sweep", description=__doc__.splitlines()[0])
-    ap.add_argument("config", metavar="CONFIG", help="a LoRA config of conf/, e.g. conf/tiny_lora_cluener.yaml")
-    ap.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
-    ap.add_argument("--ranks", default=DEFAULT_RANKS, help="lora_rank values (default: %(default)s)")
-    ap.add_argument("--lrs", default=DEFAULT_LRS, help="learning_rate values (default: %(default)s)")
-    ap.add_argument("--samples", default=DEFAULT_SAMPLES, help="max_samples values (default: %(default)s)")
-    ap.add_argument("--alpha-ratio", type=float, help="lora_alpha / lora_rank (default: the config's)")
-    ap.add_argument("--task", help="name prefix of the runs (default: the first dataset without _train)")
-    ap.add_argument("--out", default="saves/sweep", help="parent folder of the runs (default: %(default)s)")
-    ap.add_argument("--dry-run", action="store_true", help="check and print the runs, train nothing")
-    args = ap.parse_intermixed_args(argv)
-    ranks = _numbers(args.ranks, int, "--ranks")
-    lrs = _numbers(args.lrs, float, "--lrs")
-    samples = _numbers(args.samples, int, "--samples")
-
-    try:
-        cfg = config.load_config(args.config, args.overrides)
-    except config.CheckError as e:
-        print(f"sweep: {e}", file=sys.stderr)
-        return 1
-    if str(cfg.get("finetuning_type") or "lora") != "lora":
-        print(f"sweep: `{args.config}` is not a LoRA config (`finetuning_type: {cfg.get('finetuning_type')}`); "
-              "pick a `conf/*_lora_*.yaml`.", file=sys.stderr)
-        return 1
-    ratio = args.alpha_ratio or float(cfg.get("lora_alpha") or 2 * int(cfg.get("lora_rank") or 8)) / \
-        int(cfg.get("lora_rank") or 8)
-    task = args.task or task_name(cfg)
-    runs = grid(task, ranks, lrs, samples, ratio, args.out)
-
-    # Check every combination first (the token-length measure once): a bad rank fails before anything trains.
-    failed = False
-    for i, (name, extra) in enumerate(runs):
-        report = check.check_config(args.config, [*args.overrides, *extra], measure_lengths=(i == 0))
-        if not report.ok or report.warnings:
-            print(f"[{name}] " + report.render())
-        failed |= not report.ok
-    if failed:
-        print("sweep: nothing trained; fix the problems above.", file=sys.stderr)
-        return 1
-    print(f"sweep: {len(runs)} runs of {args.config} ({task}): ranks {ranks} × lrs "
-          f"{[fmt_lr(x) for x in lrs]} × samples {samples}, lora_alpha = {ratio:g} × rank", flush=True)
-    if args.dry_run:
-        for name, extra in runs:
-            print(f"  {name}: {' '.join(extra)}")
-        return 0
-
-    rows, adapters = [], {}
-    for (name, extra), (rank, lr, n) in zip(runs, itertools.product(ranks, lrs, samples)):
-        print(f"\n==> sweep [{name}]", flush=True)
-        t0 = time.time()
-        rc = train.main([args.config, *args.overrides, *extra, "--no-check"])
-        out_dir = resolve(f"{args.out.rstrip('/')}/{name}")
-        results = (read_manifest(out_dir) or {}).get("results") or {}
-        rows.append({"name": name, "rank": rank, "lr": lr, "samples": n, "exit": rc, "seconds": time.time() - t0,
-                     "train_loss": results.get("train_loss"), "eval_loss": results.get("eval_loss")})
-        if rc == 0:
-            inside = out_dir.is_relative_to(ROOT)
-            adapters[name] = os.path.relpath(out_dir, ROOT) if inside else str(out_dir)
-    print("\n" + table(rows))
-    if adapters:
-        snippet = serve_snippet(cfg, adapters, [r["rank"] for r in rows if r["name"] in adapters])
-        path = resolve(args.out) / f"{task}-serve.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(snippet, encoding="utf-8")
-        print(f"\n{snippet}(written to {os.path.relpath(path, ROOT)})")
-    return 0 if all(r["exit"] == 0 for r in rows) else 1
+def adapter_paths(runs: list[Run]) -> dict[str, str]:
+    """name → folder (relative to the repository when inside it) of every run that has an adapter."""
+    out = {}
+    for r in runs:
+        if r.ok:
+            folder = resolve(r.output_dir)
+            out[r.name] = os.path.relpath(folder, ROOT) if folder.is_relative_to(ROOT) else str(folder)
+    return out
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def write_snippet(cfg: dict, runs: list[Run], out: str, task: str) -> Path | None:
+    """OUT/<task>-serve.yaml: the serve keys of every adapter that trained."""
+    adapters = adapter_paths(runs)
+    if not adapters:
+        return None
+    path = resolve(out) / f"{task}-serve.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(serve_snippet(cfg, adapters, [r.rank for r in runs if r.name in adapters]), encoding="utf-8")
+    return path

@@ -1,0 +1,330 @@
+"""`make sweep`: train a grid of LoRA adapters, serve them all from one vLLM server, score them the same way, and
+write a leaderboard.
+
+    python -m pipelines sweep CONFIG [key=value …] [--ranks 8,64] [--lrs 1e-3,3e-3] [--samples 600]
+        [--alpha-ratio R] [--task NAME] [--out saves/sweep] [--serve serve/tiny.yaml] [--max-loras N]
+        [--eval-limit N] [--port N] [--no-eval] [--dry-run]
+
+Training is `pipelines.train.sweep` (a refused or failed run is a row with its reason; a run already trained with
+the same config, data and base is not trained again). Then one server with the base and every adapter that trained
+(`max_lora_rank` from the adapters, `max_loras` from their number and the machine: vLLM swaps adapters in and out
+when there are more), the evaluator on the task's validation split (NER plainly and span-constrained), the server
+stopped in every case, and `OUT/leaderboard.json`, `OUT/leaderboard.md` with plots. The figures are the
+evaluator's own (`OUT/eval/metrics.json`). A rerun of the same sweep trains nothing and, when every answer is
+saved for the same weights, starts no server and sends nothing. `--no-eval` stops after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.common import device
+from pipelines.common.io import write_json
+from pipelines.common.net import free_port
+from pipelines.common.paths import SERVE_DIR, rel, resolve
+from pipelines.eval import EvalError, tasks
+from pipelines.eval.predictions import NotSaved
+from pipelines.train import config
+from pipelines.train.sweep import (
+    DEFAULT_LRS,
+    DEFAULT_RANKS,
+    DEFAULT_SAMPLES,
+    Run,
+    adapter_paths,
+    fmt_lr,
+    numbers,
+    serve_snippet,
+    table,
+    train_command,
+    train_grid,
+    write_snippet,
+)
+
+#: Adapters in one batch by default: vLLM keeps this many LoRA slots and swaps the others in from disk.
+MAX_LORAS = {"cpu": 4, "cuda": 8}
+PLOTS = "plots"
+
+
+class SweepError(RuntimeError):
+    """One sentence; `main` prints it."""
+
+
+def serve_config_for(model: str, given: str | None) -> Path:
+    """The serve config that serves `model`: `--serve`, else the one of `serve/` whose `model` is this base."""
+    if given:
+        return resolve(given)
+    from pipelines.serve.config import load
+
+    for path in sorted(SERVE_DIR.glob("*.yaml")):
+        try:
+            cfg = load(path)
+        except ValueError:
+            continue
+        if cfg.model == model or resolve(cfg.model).resolve() == resolve(model).resolve():
+            return path
+    raise SweepError(f"no serve config of `serve/` serves `{model}`; pass one with `--serve` (its adapters are "
+                     "replaced by the sweep's).")
+
+
+def served_cards(previous: dict[str, Any] | None, models: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The model cards of the last evaluation, with each local folder's weights as they are now: enough to score
+    saved answers without a server. None when the last evaluation did not cover every model."""
+    cards = ((previous or {}).get("settings") or {}).get("models") or {}
+    if not all(m in cards for m in models):
+        return None
+    return {m: {"root": cards[m].get("root"), "parent": cards[m].get("parent"), "max_model_len": None}
+            for m in models}
+
+
+def evaluate(task: str, cfg: dict, runs: list[Run], out: Path, serve_path: Path, *, port: int | None,
+             limit: int | None, max_loras: int | None, echo=print) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Serve the base and every adapter that trained from one server and score them all. (metrics, eval info)"""
+    from pipelines import serve
+    from pipelines.eval.evaluate import run_eval
+
+    spec = tasks.get(task)
+    adapters = adapter_paths(runs)
+    data = spec.val_data(str(cfg.get("dataset_dir") or "data"))
+    if not resolve(data).is_file():
+        raise SweepError(f"the validation split `{data}` of `{task}` does not exist; run `make data` (or set "
+                         "`val_size` so that convert writes one), or pass `--no-eval`.")
+    scfg = serve.load(serve_path)
+    scfg.adapters = dict(adapters)
+    cap = MAX_LORAS["cuda" if device.has_cuda() else "cpu"]
+    scfg.max_loras = max_loras or min(len(adapters), cap)
+    scfg.port = port or free_port(scfg.host)
+    base = scfg.served_model_name
+    models = [base, *adapters]
+    eval_dir = out / "eval"
+    constrain = "both" if spec.constraint else "none"
+    previous = _read(eval_dir / "metrics.json")
+    cards = served_cards(previous, models)
+    kwargs = dict(limit=limit, constrain=constrain, progress=True)
+    t0 = time.time()
+    if cards is not None:
+        try:
+            metrics = run_eval(previous["settings"]["base_url"], task, data, models, eval_dir, served=cards,
+                               echo=lambda s: None, **kwargs)
+            echo(f"sweep: every answer is saved for these weights; scored {len(models)} models without a server")
+            return metrics, {"server": "not started (all answers saved)", "max_loras": scfg.max_loras,
+                             "seconds": round(time.time() - t0, 1), "requests_sent": 0}
+        except NotSaved:
+            pass
+    echo(f"sweep: serving `{base}` and {len(adapters)} adapters (max_loras {scfg.max_loras}) on port {scfg.port}")
+    with serve.running(scfg, echo=echo) as served:
+        t0 = time.time()
+        metrics = run_eval(served.base_url, task, data, models, eval_dir, **kwargs)
+        seconds = time.time() - t0
+    n = metrics["data"]["n"] * len(models) * (2 if "constrained" in metrics else 1)
+    return metrics, {"server": f"{served.base_url} (stopped)", "max_loras": scfg.max_loras,
+                     "seconds": round(seconds, 1), "requests": n, "requests_per_s": round(n / seconds, 2)}
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- the leaderboard (pure)
+
+
+def leaderboard(task: str, config_file: str, overrides: list[str], cfg: dict, runs: list[Run],
+                metrics: dict[str, Any], info: dict[str, Any], base: str) -> dict[str, Any]:
+    """The leaderboard's content: the base row first, then the adapters by the task's main metric (plain, then
+    constrained as the tie-break), runs without figures last."""
+    spec = tasks.get(task)
+    plain, constrained = metrics.get("models") or {}, metrics.get("constrained") or {}
+    key = spec.main_metric
+
+    def row(r: Run) -> dict[str, Any]:
+        return {**r.record(), "train_command": train_command(config_file, [*overrides, *r.overrides]),
+                "metrics": plain.get(r.name), "constrained": constrained.get(r.name)}
+
+    rows = [row(r) for r in runs]
+    rows.sort(key=lambda x: (x["metrics"] is None, -((x["metrics"] or {}).get(key) or 0.0),
+                             -((x["constrained"] or {}).get(key) or 0.0)))
+    base_row = {"name": base, "status": "base", "rank": None, "alpha": None, "learning_rate": None, "samples": None,
+                "epochs": None, "train_loss": None, "eval_loss": None, "train_seconds": None,
+                "metrics": plain.get(base), "constrained": constrained.get(base)}
+    best = next((x for x in rows if x["metrics"] is not None), None)
+    out = {"task": task, "main_metric": key, "sorted_by": f"{key} (plain), then {key} constrained",
+           "config": config_file, "overrides": overrides, "eval": {**info, "metrics": "eval/metrics.json",
+                                                                    "data": metrics["data"]},
+           "rows": [base_row, *rows], "best": None}
+    if best:
+        adapters = {best["name"]: adapter_paths([r for r in runs if r.name == best["name"]])[best["name"]]}
+        out["best"] = {"name": best["name"], "train_command": best["train_command"],
+                       "serve_snippet": serve_snippet(cfg, adapters, [best["rank"]])}
+    return out
+
+
+def _f(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e-3 and v else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def render_markdown(board: dict[str, Any], plots: list[str]) -> str:
+    spec = tasks.get(board["task"])
+    key = board["main_metric"]
+    figures = [k for k in dict.fromkeys([key, *spec.summary]) if k != "trailing_text_rate"][:3]
+    has_c = any(r.get("constrained") for r in board["rows"])
+    head = ["model", "status", "rank", "alpha", "lr", "samples", "epochs", "train loss", "eval loss", "train s",
+            *figures, *([f"{key} constrained"] if has_c else [])]
+    lines = [f"# Sweep leaderboard: `{board['task']}`", "",
+             f"`{board['config']}` {' '.join(board['overrides'])}; sorted by {board['sorted_by']}. "
+             f"Figures from the evaluator (`{board['eval']['metrics']}`, {board['eval']['data']['n']} records of "
+             f"`{board['eval']['data']['path']}`); one server, `max_loras` {board['eval']['max_loras']}"
+             + (f", {board['eval']['requests_per_s']} requests/s" if board["eval"].get("requests_per_s") else
+                f", {board['eval']['server']}") + ".", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in board["rows"]:
+        m, c = r.get("metrics") or {}, r.get("constrained") or {}
+        status = r["status"] + (f": {r['reason']}" if r.get("reason") and r["status"] in ("refused", "failed") else "")
+        cells = [f"`{r['name']}`", status, _f(r["rank"]), _f(r["alpha"]),
+                 fmt_lr(r["learning_rate"]) if r["learning_rate"] else "–", _f(r["samples"]), _f(r["epochs"]),
+                 _f(r["train_loss"]), _f(r["eval_loss"]), _f(r["train_seconds"], 1), *(_f(m.get(k)) for k in figures),
+                 *([_f(c.get(key))] if has_c else [])]
+        lines.append("| " + " | ".join(cells) + " |")
+    best = board.get("best")
+    if best:
+        lines += ["", f"## Best: `{best['name']}`", "", "Reproduce it:", "", "```bash", best["train_command"], "```", "",
+                  "Serve it:", "", "```yaml", best["serve_snippet"].rstrip(), "```"]
+    for png in plots:
+        lines += ["", f"![{png}]({PLOTS}/{png})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(board: dict[str, Any], runs: list[Run], out_dir: Path) -> list[str]:
+    """PNGs: the main metric against each swept variable (plain and constrained), and the training-loss curves."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("sweep: matplotlib is not installed; the leaderboard has no plots.", file=sys.stderr)
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key, names = board["main_metric"], []
+    scored = [r for r in board["rows"] if r["status"] != "base" and r.get("metrics")]
+    for var, label, log in (("rank", "LoRA rank", True), ("learning_rate", "learning rate", True),
+                            ("samples", "training samples", False)):
+        if len({r[var] for r in scored}) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for side, style in (("metrics", "o-"), ("constrained", "s--")):
+            pts = sorted((r[var], r[side][key]) for r in scored if r.get(side))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label="plain" if side == "metrics" else
+                        "constrained")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(key)
+        ax.set_title(f"{board['task']}: {key} by {label}")
+        ax.legend()
+        fig.tight_layout()
+        name = f"{key}_by_{var}.png"
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        names.append(name)
+    curves = [r for r in runs if r.loss_history]
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in curves:
+            ax.plot([s for s, _ in r.loss_history], [v for _, v in r.loss_history], label=r.name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"{board['task']}: training loss")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "train_loss.png", dpi=100)
+        plt.close(fig)
+        names.append("train_loss.png")
+    return names
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m pipelines sweep", description=__doc__.splitlines()[0])
+    ap.add_argument("config", metavar="CONFIG", help="a LoRA config of conf/, e.g. conf/tiny_lora_cluener.yaml")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run")
+    ap.add_argument("--ranks", default=DEFAULT_RANKS, help="lora_rank values (default: %(default)s)")
+    ap.add_argument("--lrs", default=DEFAULT_LRS, help="learning_rate values (default: %(default)s)")
+    ap.add_argument("--samples", default=DEFAULT_SAMPLES, help="max_samples values (default: %(default)s)")
+    ap.add_argument("--alpha-ratio", type=float, help="lora_alpha / lora_rank (default: the config's)")
+    ap.add_argument("--task", help="name prefix of the runs (default: the first dataset without _train)")
+    ap.add_argument("--out", default="saves/sweep", help="parent folder of the runs (default: %(default)s)")
+    ap.add_argument("--serve", help="serve config for the base (default: the one of serve/ that serves it)")
+    ap.add_argument("--max-loras", type=int, help=f"adapters in one batch (default: their number, at most "
+                                                  f"{MAX_LORAS['cpu']} on the CPU, {MAX_LORAS['cuda']} on a GPU)")
+    ap.add_argument("--eval-limit", type=int, help="score the first N validation records only")
+    ap.add_argument("--port", type=int, help="server port (default: a free one)")
+    ap.add_argument("--no-eval", action="store_true", help="train only (no server, no leaderboard)")
+    ap.add_argument("--dry-run", action="store_true", help="check and print the runs, train nothing")
+    return ap.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ranks = numbers(args.ranks, int, "--ranks")
+    lrs = numbers(args.lrs, float, "--lrs")
+    samples = numbers(args.samples, int, "--samples")
+    for flag, value in (("--max-loras", args.max_loras), ("--eval-limit", args.eval_limit)):
+        if value is not None and value < 1:
+            print(f"sweep: `{flag} {value}` must be at least 1.", file=sys.stderr)
+            return 2
+    out = resolve(args.out)
+    try:
+        task, cfg, runs = train_grid(args.config, args.overrides, ranks, lrs, samples, out=args.out,
+                                     ratio=args.alpha_ratio, task=args.task, dry_run=args.dry_run)
+        if args.dry_run:
+            return 0
+        print("\n" + table(runs))
+        snippet = write_snippet(cfg, runs, args.out, task)
+        if snippet:
+            print(f"\n{snippet.read_text(encoding='utf-8')}(written to {rel(snippet)})")
+        if args.no_eval:
+            return 0 if all(r.ok for r in runs) else 1
+        if not any(r.ok for r in runs):
+            raise SweepError("no run of the grid trained, so there is nothing to serve; fix the problems above.")
+        serve_path = serve_config_for(str(cfg.get("model_name_or_path")), args.serve)
+        metrics, info = evaluate(task, cfg, runs, out, serve_path, port=args.port, limit=args.eval_limit,
+                                 max_loras=args.max_loras)
+        from pipelines import serve
+
+        board = leaderboard(task, args.config, args.overrides, cfg, runs, metrics, info,
+                            serve.load(serve_path).served_model_name)
+    except (config.CheckError, EvalError, SweepError, ValueError) as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"sweep: interrupted; every finished run is kept under `{rel(out)}` (a rerun trains only what is "
+              "missing) and the server is stopped.", file=sys.stderr)
+        return 130
+    plots = plot(board, runs, out / PLOTS)
+    write_json(out / "leaderboard.json", board)
+    (out / "leaderboard.md").write_text(render_markdown(board, plots), encoding="utf-8")
+    print(f"\nsweep: leaderboard {rel(out / 'leaderboard.md')}")
+    best = board["best"]
+    if best:
+        figure = next(r for r in board["rows"] if r["name"] == best["name"])["metrics"][board["main_metric"]]
+        print(f"  best: `{best['name']}` ({board['main_metric']} {_f(figure)}); reproduce: {best['train_command']}")
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
