@@ -77,7 +77,10 @@ def test_sweep_serves_scores_and_ranks_every_adapter_and_a_rerun_does_nothing(tm
     text = capfd.readouterr().out
     assert "2 reused, 0 pending" in text and "without a server" in text and "==> sweep [" not in text
     assert {p: p.read_text() for p in (out / "eval").glob("*/predictions.jsonl")} == rows_before  # nothing sent
-    assert json.loads((out / "leaderboard.json").read_text())["rows"] == board["rows"]
+    again = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert [(r["name"], r["metrics"], r["constrained"]) for r in again] == \
+        [(r["name"], r["metrics"], r["constrained"]) for r in board["rows"]]
+    assert [r["status"] for r in again[1:]] == ["reused", "reused"] and all(r["log"] for r in again[1:])
 
 
 @pytest.mark.slow

@@ -199,6 +199,8 @@ def train_grid(config_file: str, overrides: list[str], ranks: list[int], lrs: li
             if why is None:
                 run.status = "reused"
                 _results(run)
+                log = resolve(out) / LOGS / f"{name}.log"
+                run.log = rel(log) if log.is_file() else None
             else:
                 run.reason = why
         runs.append(run)
