@@ -23,15 +23,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("pipelines.train.check", "validate a training config with LLaMA-Factory's parser and our rules"),
     "train": ("pipelines.train.launch", "check, then train a config with llamafactory-cli; write its manifest"),
     "export": ("pipelines.train.export", "merge a LoRA adapter into its base with llamafactory-cli export"),
-    "sweep": ("pipelines.train.sweep", "train a grid of LoRA adapters (rank x learning rate x samples)"),
+    "sweep": ("pipelines.run.sweep", "train a grid of LoRA adapters, serve and score them all, write a leaderboard"),
     "serve": ("pipelines.serve.cli", "start/status/stop a vLLM server with the base and its adapters"),
+    "deploy": ("pipelines.serve.deploy", "render a Docker Compose or vllm-stack Helm bundle of a serve config"),
     "eval": ("pipelines.eval.evaluate", "score served models through the OpenAI API; metrics.json + report.md"),
     "parity": ("pipelines.eval.parity", "check that training and serving render identical prompt tokens"),
     "report": ("pipelines.eval.report", "rewrite an evaluation's report.md from its metrics.json"),
     "constrain": ("pipelines.eval.constraints", "print the structured-outputs extra_body that constrains a task's answer"),
     "all": ("pipelines.run.pipeline", "the whole pipeline into results/<run>: data, train, serve, eval, report"),
     "run-report": ("pipelines.run.report", "rewrite the report of a `make all` run folder"),
-    "bench": ("pipelines.bench.__main__", "benchmarks against the seeds' way; BENCHMARKS.md"),
+    "bench": ("pipelines.bench.__main__", "benchmarks against the seeds' way and of constrained decoding; BENCHMARKS.md"),
 }
 
 

@@ -40,6 +40,8 @@ class Converter:
     raw_format: str  # "lines" (JSON lines), "list" (one JSON list) or "any" (either, by the first character)
     layout: str = "file"  # "file": one raw file, split by seed; "cluener": a folder with train.json + dev.json
     duplicates: str = "error"  # "error": a repeated row is a row error; "keep": kept (unless --dedupe)
+    # What identifies a row: the same key with the same record is a repeat, with another record a conflict
+    # (`pipelines.data.convert`); a key holding the answer, as this default does, admits no conflicts.
     key: Callable[[dict], tuple] = lambda r: (r["system"], r["instruction"], r["input"], r["output"])
 
 
@@ -220,7 +222,8 @@ def classification_categories(instruction: str) -> list[str] | None:
     return names if all(names) else None
 
 
-@register("classification", raw_format="any")
+# The key is the question without its answer: the same text with another label is a conflict, not a new row.
+@register("classification", raw_format="any", key=lambda r: (r["system"], r["instruction"], r["input"]))
 def classification(row: object, fmt: str = "dict") -> dict:
     """zh_cls_fudan-news style: `{"text", "category": [candidates], "output": label}` (`label` also read)."""
     row = _obj(row)

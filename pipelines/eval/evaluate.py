@@ -5,13 +5,15 @@
 
 Four stages: build each request from its alpaca record (pure), send it (`openai.AsyncOpenAI`, bounded
 concurrency, retries with backoff), parse the answer and score it (pure, `pipelines.eval.scoring`). Every answer
-is appended to `OUT/<model>/predictions.jsonl` keyed by record id and the sha256 of the request, so a rerun
-sends only what is missing and a killed run loses nothing but its requests in flight. Writes
-`OUT/metrics.json` and `OUT/report.md`.
+is appended to `OUT/<model>/predictions.jsonl` keyed by record id and the sha256 of the request and of the model
+behind the name (`pipelines.eval.predictions`), so a rerun sends only what is missing and a killed run loses
+nothing but its requests in flight. Writes `OUT/metrics.json` and `OUT/report.md`.
 
 max_tokens: one value for every record and model, so that figures compare (`pipelines.eval.prompts`);
 `--max-tokens` overrides it.
 
+It stays one module because it is the run itself, in order (check the settings and the data, ask the server
+what it serves, answer, check obedience, score, write), each step a call into the small modules beside it.
 The evaluator knows the server only through HTTP; it imports neither vLLM nor LLaMA-Factory. With
 `--tokenizer PATH` it first runs the train/serve prompt parity check (`pipelines.eval.parity`, imported only then).
 """

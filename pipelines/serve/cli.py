@@ -10,6 +10,10 @@
 Never imports vLLM: it runs `.venv-vllm/bin/vllm serve …` as a process in its own process group (PID file and
 log under `.serve/<port>/`) and talks to it over HTTP. `VLLM_API_KEY`, when set, reaches the server through
 its environment only: never on the command line, in a file or in a log.
+
+A server whose main process died (`kill -9`, the OOM killer) is still found through its process group: `status`
+names the processes left (exit 1), `stop` ends them, `start` refuses until then. Ctrl-C during `start` stops the
+server it launched and keeps its log (exit 130).
 """
 
 from __future__ import annotations
@@ -24,7 +28,17 @@ from pipelines.common.paths import resolve
 from pipelines.serve.client import ServeError
 from pipelines.serve.command import build_command, build_env, shown_env
 from pipelines.serve.config import AdapterInfo, ServeConfigError, load, precheck
-from pipelines.serve.process import RUN_DIR, STOP_GRACE, load_adapter, start, status, stop, unload_adapter
+from pipelines.serve.process import (
+    RUN_DIR,
+    STOP_GRACE,
+    load_adapter,
+    read_state,
+    run_files,
+    start,
+    status,
+    stop,
+    unload_adapter,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,14 +62,36 @@ def main(argv: list[str] | None = None) -> int:
               else f"serve {args.action}: {len(e.problems)} problems:\n  - " + "\n  - ".join(e.problems),
               file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:
+        print(f"serve {args.action}: {_interrupted(args, e)}", file=sys.stderr)
+        return 130
+
+
+def _interrupted(args: argparse.Namespace, e: KeyboardInterrupt) -> str:
+    """One sentence for Ctrl-C: what was stopped and what was kept."""
+    if getattr(e, "log", None):  # process.ServeInterrupted: start had launched the server
+        return f"interrupted (Ctrl-C); the server (pid {e.pid}) was stopped, its log kept at {e.log}."
+    if args.action == "start":
+        return "interrupted (Ctrl-C) before the server was launched; nothing was started."
+    if args.action == "stop":
+        return ("interrupted (Ctrl-C) while stopping; run `make serve-stop"
+                f"{' PORT=' + str(args.port) if args.port else ''}` again to end what is left.")
+    return "interrupted (Ctrl-C)."
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.action == "stop":
         port = args.port if args.port is not None else load(args.config).port
+        before = read_state(run_files(port, args.run_dir))
         pid = stop(port, args.run_dir, args.grace)
-        print(f"serve: stopped the server on port {port} (pid {pid})" if pid else
-              f"serve: no server of the launcher runs on port {port}; nothing to stop")
+        if pid and before and not before["main_alive"]:
+            n = len(before["alive"])
+            print(f"serve: ended the {n} process{'es' if n != 1 else ''} left of the server on port {port} "
+                  f"(pid{'s' if n != 1 else ''} {', '.join(map(str, before['alive']))}; its main process {pid} "
+                  "was gone)")
+        else:
+            print(f"serve: stopped the server on port {port} (pid {pid})" if pid else
+                  f"serve: no server of the launcher runs on port {port}; nothing to stop")
         return 0
     cfg = load(args.config, port=args.port)
     if args.action == "command":
@@ -77,6 +113,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         st = status(cfg.port, args.run_dir)
+        if st.get("leftover"):
+            print(f"serve: {st['message']}.")
+            return 1
         if not st["running"]:
             other = " (but something answers /health there)" if st["healthy"] else ""
             print(f"serve: no server of the launcher runs on port {cfg.port}{other}")

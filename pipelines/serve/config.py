@@ -2,12 +2,14 @@
 
 Pure apart from reading the config, the adapters' `adapter_config.json` and a bind() on the port: no vLLM,
 no network. Every check collects its problems and `ServeConfigError` carries them all, one sentence each.
-The keys are documented in serve/README.md.
+The keys are documented in serve/README.md. The adapter checks (`inspect_adapter`: its config, its safetensors
+header, its shapes against the base's config.json) stay one module with the config they check: one precheck pass.
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field, fields
@@ -55,16 +57,30 @@ class ServeConfig:
     cpu_threads: int | None = None
     startup_timeout: float = 300.0
     extra_args: list[str] = field(default_factory=list)
+    # deployment bundles only (`make deploy`); `make serve` ignores them
+    replicas: int = 1
+    gpus: int | None = None  # GPUs per replica; default tensor_parallel_size x data_parallel_size
+    gpu_type: str | None = None  # k8s: the nodes' `nvidia.com/gpu.product` label
+    cpus: int | None = None
+    memory: str | None = None  # a Kubernetes quantity, e.g. 16Gi
+    image: str | None = None  # default vllm/vllm-openai
+    image_tag: str | None = None  # default the GPU vLLM release's tag
+    publish_host: str = "127.0.0.1"  # compose: where the port is published
     source: str = "<dict>"  # the file it came from, for messages (not a YAML key)
 
     @property
     def lora_enabled(self) -> bool:
         return bool(self.adapters) or self.runtime_lora_updating
 
+    @property
+    def gpu_count(self) -> int:
+        """GPUs one replica needs: `gpus`, else one per tensor-parallel rank and data-parallel replica."""
+        return self.gpus or self.tensor_parallel_size * self.data_parallel_size
+
 
 KEYS = [f.name for f in fields(ServeConfig) if f.name != "source"]
 _INT_KEYS = ("port", "max_model_len", "tensor_parallel_size", "data_parallel_size", "max_lora_rank", "max_loras",
-             "cpu_kvcache_space", "cpu_threads")
+             "cpu_kvcache_space", "cpu_threads", "replicas", "gpus", "cpus")
 
 
 def model_arg(model: str, base: Path = ROOT) -> str:
@@ -137,12 +153,46 @@ def from_dict(raw: dict, source: str = "<dict>") -> ServeConfig:
         problems.append(f"`extra_args` in `{source}` sets `{flag}`, which the launcher builds itself; "
                         f"use {OWNED_FLAGS[flag] if ' ' in OWNED_FLAGS[flag] else '`' + OWNED_FLAGS[flag] + '`'} "
                         "instead.")
+    problems += _deploy_problems(raw, source)
     if problems:
         raise ServeConfigError(problems)
     known = {k: v for k, v in raw.items() if k in KEYS and v is not None}
     known.update(served_model_name=name, adapters={str(k): str(v) for k, v in adapters.items()}, extra_args=extra,
                  startup_timeout=float(timeout))
     return ServeConfig(**known, source=source)
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$")
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def _deploy_problems(raw: dict, source: str) -> list[str]:
+    """The deployment keys' own checks (types and forms); what a target refuses beyond them, the renderer checks
+    against that target's schema."""
+    problems = []
+    for key in ("gpu_type", "memory", "image", "image_tag", "publish_host"):
+        v = raw.get(key)
+        if v is not None and (not isinstance(v, str) or not v.strip() or any(c.isspace() for c in v.strip())):
+            problems.append(f"`{key}` in `{source}` is {v!r}; set it to a non-empty string without spaces.")
+    memory = raw.get("memory")
+    if isinstance(memory, str) and memory.strip() and not _QUANTITY.match(memory):
+        problems.append(f"`memory` in `{source}` is {memory!r}; write it as a Kubernetes quantity such as `16Gi`.")
+    tag = raw.get("image_tag")
+    if isinstance(tag, str) and tag.strip() and not _IMAGE_TAG.match(tag):
+        problems.append(f"`image_tag` in `{source}` is {tag!r}; a Docker tag is up to 128 letters, digits, `_`, `.` "
+                        "or `-`.")
+    host = raw.get("publish_host")
+    if isinstance(host, str) and host.strip():
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            problems.append(f"`publish_host` in `{source}` is {host!r}; set it to an IP address such as 127.0.0.1.")
+    gpus, tp, dp = (raw.get(k) for k in ("gpus", "tensor_parallel_size", "data_parallel_size"))
+    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (gpus, tp or 1, dp or 1)) \
+            and gpus < (tp or 1) * (dp or 1):
+        problems.append(f"`gpus` in `{source}` is {gpus} but `tensor_parallel_size` x `data_parallel_size` needs "
+                        f"{(tp or 1) * (dp or 1)}; raise `gpus` or leave it unset.")
+    return problems
 
 
 def load(path: str | Path, port: int | None = None) -> ServeConfig:
@@ -198,6 +248,139 @@ def _same_base(adapter_base: str, served: str, adapter_dir: Path) -> bool:
     return Path(a).name.lower() == Path(s).name.lower()
 
 
+#: Bytes per element of the safetensors dtypes.
+SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                      "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+_LORA_TENSOR = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
+    """The tensor entries of a safetensors file (8-byte little-endian header length, then a JSON header), checked
+    against the file's length: (header, None), or (None, what is wrong, to follow the file's name)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else None
+            if length is None or length > size - 8:
+                return None, (f"is {size} bytes long, shorter than its header says ({length} bytes)" if length
+                              else f"is {size} bytes long, too short for a safetensors file")
+            raw = f.read(length)
+    except OSError as e:
+        return None, f"cannot be read ({e.strerror})"
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, "has a header that is not valid JSON, so it is no safetensors file"
+    if not isinstance(header, dict):
+        return None, "has a header that is not a JSON object, so it is no safetensors file"
+    end = 0
+    for tensor, entry in header.items():
+        if tensor == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            return None, f"has a malformed header entry for tensor `{tensor}`"
+        width = SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        count = 1
+        for d in shape:
+            count *= d
+        if width is not None and offsets[1] - offsets[0] != count * width:
+            return None, (f"gives tensor `{tensor}` {offsets[1] - offsets[0]} bytes where its shape {shape} in "
+                          f"{entry.get('dtype')} takes {count * width}")
+        end = max(end, offsets[1])
+    if 8 + length + end > size:
+        return None, f"is truncated: {size} bytes long where its header describes {8 + length + end}"
+    return header, None
+
+
+def base_projections(config: dict) -> tuple[dict[str, tuple[int, int]], int | None]:
+    """(`self_attn.q_proj` … `mlp.down_proj` → (in_features, out_features), number of layers) from a base model's
+    config.json; empty when the config lacks the sizes."""
+    c = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    hidden, heads = c.get("hidden_size"), c.get("num_attention_heads")
+    if not (type(hidden) is int and type(heads) is int and heads > 0):
+        return {}, None
+    kv = c.get("num_key_value_heads") or heads
+    head_dim = c.get("head_dim") or hidden // heads
+    shapes = {"self_attn.q_proj": (hidden, heads * head_dim), "self_attn.k_proj": (hidden, kv * head_dim),
+              "self_attn.v_proj": (hidden, kv * head_dim), "self_attn.o_proj": (heads * head_dim, hidden)}
+    inter = c.get("intermediate_size")
+    if type(inter) is int:
+        shapes.update({"mlp.gate_proj": (hidden, inter), "mlp.up_proj": (hidden, inter),
+                       "mlp.down_proj": (inter, hidden)})
+    layers = c.get("num_hidden_layers")
+    return shapes, layers if type(layers) is int else None
+
+
+def _module_rank(conf: dict, module: str) -> int:
+    """The rank PEFT gives `module`: the first `rank_pattern` key that matches its name (as PEFT matches), else `r`."""
+    for pattern, rank in (conf.get("rank_pattern") or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return int(rank)
+    return int(conf.get("r") or 0)
+
+
+def check_weights(name: str, folder: Path, conf: dict, served_model: str, base_dir: Path = ROOT) -> list[str]:
+    """The adapter's `adapter_model.safetensors` is whole, its LoRA ranks are the config's, and (for a local base
+    with a config.json) its A/B shapes fit the base's projections; at most one sentence."""
+    file = folder / WEIGHT_FILES[0]
+    if not file.is_file():
+        return []  # adapter_model.bin: a pickle, not read here
+    header, problem = safetensors_header(file)
+    if problem:
+        return [f"adapter `{name}`: `{file}` {problem}; the file is damaged, so copy it again or retrain the adapter."]
+    base_conf = resolve(served_model, base_dir) / "config.json" if is_local(served_model, base_dir) else None
+    shapes, layers = {}, None
+    if base_conf is not None and base_conf.is_file():
+        try:
+            shapes, layers = base_projections(json.loads(base_conf.read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            shapes, layers = {}, None
+    wrong: list[str] = []
+    for tensor, entry in header.items():
+        m = _LORA_TENSOR.match(tensor)
+        if not m or tensor == "__metadata__":
+            continue
+        shape, module, ab = entry["shape"], m["module"], m["ab"]
+        if len(shape) != 2:
+            wrong.append(f"tensor `{tensor}` in `{file}` has shape {shape}, not a matrix; the file is damaged, so "
+                         "copy it again or retrain the adapter")
+            continue
+        try:
+            rank = _module_rank(conf, module)
+        except (TypeError, ValueError, re.error):
+            rank = 0
+        got = shape[0] if ab == "A" else shape[1]
+        if rank and got != rank:
+            wrong.append(f"tensor `{tensor}` in `{file}` has rank {got}, but `adapter_config.json` says {rank}; the "
+                         "config and the weights do not belong together, so save the adapter again")
+            continue
+        layer = _LAYER.search(tensor)
+        if layers is not None and layer and int(layer[1]) >= layers:
+            wrong.append(f"tensor `{tensor}` in `{file}` is for layer {layer[1]}, but `{served_model}` has {layers} "
+                         "layers; the adapter was trained for another model, so serve it with its own base or "
+                         "retrain it")
+            continue
+        io = shapes.get(".".join(module.split(".")[-2:]))
+        if io is None:
+            continue
+        want = [got, io[0]] if ab == "A" else [io[1], got]
+        if shape != want:
+            wrong.append(f"tensor `{tensor}` in `{file}` has shape {shape}, but `{served_model}` needs {want} "
+                         f"(lora_{ab} is {'[r, in_features]' if ab == 'A' else '[out_features, r]'} of "
+                         f"`{module.rsplit('.', 1)[-1]}`); the adapter was trained for another model, so serve it "
+                         "with its own base or retrain it")
+    if not wrong:
+        return []
+    more = f" ({len(wrong) - 1} more tensors are wrong too)" if len(wrong) > 1 else ""
+    return [f"adapter `{name}`: {wrong[0]}{more}."]
+
+
 def inspect_adapter(name: str, path: str | Path, served_model: str, max_rank: int | None = None,
                     base_dir: Path = ROOT) -> tuple[AdapterInfo | None, list[str]]:
     """Read one adapter folder; return its info and the problems found (one sentence each)."""
@@ -238,6 +421,8 @@ def inspect_adapter(name: str, path: str | Path, served_model: str, max_rank: in
     if base and not _same_base(str(base), served_model, folder):
         problems.append(f"adapter `{name}` was trained on `{base}` but the served base is `{served_model}`; "
                         "serve it with its own base model.")
+    if not problems:  # the weights are read only when the rest fits, so that each adapter gets one sentence
+        problems += check_weights(name, folder, conf, served_model, base_dir)
     stale = stale_base(name, folder, served_model, base_dir)
     if stale:
         problems.append(stale)

@@ -3,18 +3,22 @@
 Each server started on a port keeps `.serve/<port>/` (PID file, state, log). The state follows the server's
 process group, so what is left of a server (vLLM's engine and workers) is found and stopped even when its
 main process is gone. Runtime adapter loading (`make lora-load`/`lora-unload`) goes through the same state.
+Start, status, stop and the runtime adapters stay one module: they share the run folder's state and the one rule
+that tells the server's processes from others (`server_group`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,19 +98,71 @@ def _reap(pid: int) -> None:
         pass
 
 
+def server_group(state: Mapping) -> list[int]:
+    """Live processes of the server recorded in `state`: its process group, guarded against pid reuse.
+
+    A process is the server's when its process-group id is the recorded `pgid` and it started no earlier than
+    the server's main process (children start after their parent; /proc start times are clock ticks since
+    boot) or it is one of the `group` recorded at start, (pid, start time) pairs. The kernel keeps a group's id
+    from being handed out again while any member lives, so the id can only have been reused once every member
+    is gone: then a process with pid == pgid that leads group `pgid` but started at another time than the
+    recorded main process is the leader of another group, and the server is gone. What this cannot tell apart is
+    a newer group of that id whose own leader has exited too, leaving processes started after the server: that
+    takes the pid to be reused by a process that leads a group and dies before its children.
+    """
+    pid = state.get("pid")
+    pgid = state.get("pgid", pid)
+    if not pgid:
+        return []
+    born = state.get("start_time")
+    leader = _proc_stat(pgid)
+    if leader and leader[2] == str(pgid) and born is not None and leader[19] != born:
+        return []  # the group id belongs to a newer group now
+    known = {(int(p), str(t)) for p, t in state.get("group") or []}
+    members = []
+    for member in group_members(pgid):
+        stat = _proc_stat(member)
+        if not stat:
+            continue
+        ours = (member, stat[19]) in known or (born is not None and int(stat[19]) >= int(born))
+        if ours or (born is None and member == pid):
+            members.append(member)
+    return sorted(members)
+
+
+def main_alive(state: Mapping) -> bool:
+    """Does the server's main process (the API server, the group's leader) still run?"""
+    pid = state.get("pid")
+    stat = _proc_stat(pid) if pid else None
+    return bool(stat) and stat[0] not in ("Z", "X") and stat[19] == state.get("start_time")
+
+
 def read_state(files: RunFiles) -> dict | None:
-    """The state of the server started on this port, or None (and stale files removed) if it is gone."""
+    """The state of the server started on this port while any process of its group lives, else None (and the
+    PID file and state removed). `alive`: the group's live pids; `main_alive`: whether the main process is one."""
     if not files.state.exists():
         return None
     try:
         state = json.loads(files.state.read_text())
     except (OSError, json.JSONDecodeError):
         state = {}
-    pid = state.get("pid")
-    if not pid or start_time(pid) != state.get("start_time") or not group_members(state.get("pgid", pid)):
+    alive = server_group(state) if isinstance(state, dict) and state.get("pid") else []
+    if not alive:
         _cleanup(files)
         return None
+    state["alive"], state["main_alive"] = alive, main_alive(state)
+    if state.get("pid"):
+        _reap(state["pid"])  # a main process killed under a launcher that is its parent (tests, `running`)
     return state
+
+
+def leftovers(state: Mapping, port: int) -> str:
+    """One sentence: the main process is gone but processes of its group still run."""
+    pids = state.get("alive") or []
+    return (f"the main process {state.get('pid')} of the server on port {port} is gone, but {len(pids)} "
+            f"process{'es' if len(pids) != 1 else ''} of its group still run{'s' if len(pids) == 1 else ''} "
+            f"(pid{'s' if len(pids) != 1 else ''} {', '.join(map(str, pids))}); `make serve-stop PORT={port}` "
+            "ends them")
 
 
 def _cleanup(files: RunFiles) -> None:
@@ -129,6 +185,36 @@ def kill_group(pgid: int, grace: float = STOP_GRACE, pid: int | None = None) -> 
                 return True
             time.sleep(0.2)
     return not group_members(pgid)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C ignored for the block (main thread only), so that stopping a server cannot be cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_started(pgid: int, pid: int) -> None:
+    """Stop a server this launcher has just started; a second Ctrl-C skips the grace period, no more."""
+    try:
+        kill_group(pgid, grace=10.0, pid=pid)
+    except KeyboardInterrupt:
+        with _sigint_ignored():
+            kill_group(pgid, grace=0.0, pid=pid)
+
+
+class ServeInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `start`: the server it had started (`pid`) is stopped, its `log` kept."""
+
+    def __init__(self, pid: int, log: Path):
+        super().__init__(f"interrupted; the server (pid {pid}) was stopped, its log kept at {log}")
+        self.pid, self.log = pid, log
 
 
 # ---------------------------------------------------------------- failure causes
@@ -185,8 +271,13 @@ def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] |
     """
     files = run_files(cfg.port, run_dir)
     state = read_state(files)
-    if state:
+    if state and state["main_alive"]:
         raise ServeError(f"a server is already running on port {cfg.port} (pid {state['pid']}); stop it with "
+                         f"`make serve-stop PORT={cfg.port}` first.")
+    if state:
+        alive = state["alive"]
+        raise ServeError(f"processes of a previous server on port {cfg.port} still run (pid{'s' if len(alive) > 1 else ''} "
+                         f"{', '.join(map(str, alive))}; its main process {state['pid']} is gone); end them with "
                          f"`make serve-stop PORT={cfg.port}` first.")
     adapters = precheck(cfg)
     base_env = os.environ if env is None else env
@@ -199,33 +290,39 @@ def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] |
     echo("serve: " + " ".join(f"{k}={v}" for k, v in sorted(shown_env(server_env, base_env).items())))
     echo("serve: " + shlex.join(cmd))
     t0 = time.monotonic()
-    with open(files.log, "wb") as log:
-        # Its own process group (stopped as a whole; Ctrl-C at the terminal does not reach it) but the caller's
-        # session: with the kernel's autogroup scheduling a new session is a CPU group of its own, and on a
-        # 2-core machine the engine's spin-waiting then starved the API server: 9-13 prompts/s instead of 25
-        # at concurrency 16 (BENCHMARKS.md).
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=server_env, cwd=ROOT, process_group=0)
-    files.pid.write_text(f"{proc.pid}\n")
-    base_url = f"http://{_url_host(cfg.host)}:{cfg.port}"
-    state = {"pid": proc.pid, "pgid": proc.pid, "start_time": start_time(proc.pid), "config": cfg.source,
-             "base_url": base_url, "model": cfg.served_model_name, "adapters": [a.name for a in adapters],
-             "runtime_lora_updating": cfg.runtime_lora_updating, "command": cmd, "log": str(files.log)}
-    if cfg.lora_enabled:
-        state["max_lora_rank"] = _flag_value(cmd, "--max-lora-rank", int)
-    files.state.write_text(json.dumps(state, indent=2) + "\n")
-    echo(f"serve: started pid {proc.pid}, log {files.log}; waiting for {base_url}/v1/models …")
-    want = [cfg.served_model_name, *state["adapters"]]
+    proc = None
     try:
+        with open(files.log, "wb") as log:
+            # Its own process group (stopped as a whole; Ctrl-C at the terminal does not reach it) but the
+            # caller's session: with the kernel's autogroup scheduling a new session is a CPU group of its own,
+            # and on a 2-core machine the engine's spin-waiting then starved the API server: 9-13 prompts/s
+            # instead of 25 at concurrency 16 (BENCHMARKS.md).
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=server_env, cwd=ROOT, process_group=0)
+        files.pid.write_text(f"{proc.pid}\n")
+        base_url = f"http://{_url_host(cfg.host)}:{cfg.port}"
+        state = {"pid": proc.pid, "pgid": proc.pid, "start_time": start_time(proc.pid), "config": cfg.source,
+                 "base_url": base_url, "model": cfg.served_model_name, "adapters": [a.name for a in adapters],
+                 "runtime_lora_updating": cfg.runtime_lora_updating, "command": cmd, "log": str(files.log)}
+        if cfg.lora_enabled:
+            state["max_lora_rank"] = _flag_value(cmd, "--max-lora-rank", int)
+        files.state.write_text(json.dumps(state, indent=2) + "\n")
+        echo(f"serve: started pid {proc.pid}, log {files.log}; waiting for {base_url}/v1/models …")
+        want = [cfg.served_model_name, *state["adapters"]]
         models = _wait_ready(proc, base_url, want, server_env, timeout or cfg.startup_timeout, files.log)
-    except BaseException as e:  # a failed start, or Ctrl-C while waiting: leave no server behind
-        kill_group(proc.pid, grace=10.0, pid=proc.pid)
+        # What runs at ready (API server, engine core, workers), kept as (pid, start time) pairs.
+        state["group"] = [[p, start_time(p)] for p in group_members(proc.pid)]
+    except BaseException as e:  # a failed start, or Ctrl-C while starting: leave no server behind
+        if proc is not None:
+            _stop_started(proc.pid, proc.pid)
         _cleanup(files)
-        if isinstance(e, ServeError):
+        if isinstance(e, ServeError) and proc is not None:
             e.pid = proc.pid
             tail = log_tail(files.log)
             if tail:
                 echo(f"serve: last lines of {files.log}:\n{tail}")
+        if isinstance(e, KeyboardInterrupt) and proc is not None:
+            raise ServeInterrupted(proc.pid, files.log) from None
         raise
     seconds = time.monotonic() - t0
     state["ready_seconds"] = round(seconds, 1)
@@ -271,12 +368,16 @@ def _wait_ready(proc: subprocess.Popen, base_url: str, want: list[str], env: Map
 
 
 def status(port: int, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = None) -> dict:
-    """What runs on `port`: {"running", "pid", "base_url", "healthy", "models", …}."""
+    """What runs on `port`: {"running", "pid", "base_url", "healthy", "models", …}; with the main process gone
+    but processes of its group left, {"running": False, "leftover": [pids], "message": …}."""
     env = os.environ if env is None else env
     state = read_state(run_files(port, run_dir))
     if state is None:
         url = f"http://127.0.0.1:{port}"
         return {"running": False, "base_url": url, "healthy": healthy(url)}
+    if not state["main_alive"]:
+        return {"running": False, "leftover": state["alive"], "pid": state["pid"], "base_url": state["base_url"],
+                "healthy": False, "log": state.get("log"), "message": leftovers(state, port)}
     out = {"running": True, **{k: state.get(k) for k in ("pid", "base_url", "config", "model", "adapters", "log",
                                                             "runtime_lora_updating", "ready_seconds")}}
     out["healthy"] = healthy(state["base_url"])
@@ -289,14 +390,16 @@ def status(port: int, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = N
 
 
 def stop(port: int, run_dir: Path = RUN_DIR, grace: float = STOP_GRACE) -> int | None:
-    """Stop the server started on `port` (its whole process group); its pid, or None if none ran."""
+    """Stop the server started on `port`: whatever is left of its process group, with or without its main
+    process; its pid, or None if nothing of it ran."""
     files = run_files(port, run_dir)
     state = read_state(files)
     if state is None:
         return None
     pid = state["pid"]
-    if not kill_group(state.get("pgid", pid), grace=grace, pid=pid):
-        raise ServeError(f"processes of group {pid} survived SIGKILL; look at `ps -g {pid}`.")
+    pgid = state.get("pgid", pid)
+    if not kill_group(pgid, grace=grace, pid=pid):
+        raise ServeError(f"processes of group {pgid} survived SIGKILL; look at `ps -g {pgid}`.")
     _cleanup(files)
     return pid
 
@@ -311,6 +414,8 @@ def _runtime_state(cfg: ServeConfig, run_dir: Path) -> dict:
     state = read_state(run_files(cfg.port, run_dir))
     if state is None:
         raise ServeError(f"no server of the launcher runs on port {cfg.port}; start one with `make serve`.")
+    if not state["main_alive"]:
+        raise ServeError(leftovers(state, cfg.port) + ", then start it again with `make serve`.")
     if not state.get("runtime_lora_updating"):
         raise ServeError(f"the server on port {cfg.port} was started without runtime LoRA updating; restart it "
                          "with `make serve-stop` and `make serve`.")

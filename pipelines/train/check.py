@@ -20,6 +20,8 @@ warnings (e.g. `cutoff_len` below the data's p99 length) are printed but do not 
    DoRA, `lora_rank` at most 512 (vLLM's `--max-lora-rank` choices are 1 8 16 32 64 128 256 320 512).
 5. Warning when `cutoff_len` is below the p99 token length of the training data (`pipelines.data.lengths`, with the
    model's tokenizer and the template); only for a local model, since the tokenizer is needed.
+6. `output_dir` can be created: its nearest existing folder is a folder this user may write in (not a file, not
+   read-only), so that training does not load the model first and fail then. Nothing is created.
 
 Relative paths in a config are taken from the repository root, where `make` and `llamafactory-cli` run.
 `check_config` is the core (returns a `Report`); `main` prints it. The rules stay one module: each is a small
@@ -33,6 +35,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -42,7 +45,7 @@ from typing import Any
 from pipelines.common.device import cpu_native_bf16
 from pipelines.common.flags import config_flag
 from pipelines.common.lora import VLLM_LORA_RANKS, servable_rank
-from pipelines.common.paths import is_local, resolve
+from pipelines.common.paths import is_local, rel, resolve
 from pipelines.train.config import LIST_KEYS, CheckError, as_list, load_config, quiet_llamafactory
 
 #: The templates that fit a model family (HF `model_type`). Families not listed here are not checked.
@@ -115,6 +118,33 @@ def check_model(cfg: dict) -> list[str]:
         return []
     how = "run `make tiny-base`" if "tiny" in Path(model).name else "download or build it, or fix the path"
     return [f"`model_name_or_path: {model}` is not a model folder (no `config.json`); {how}."]
+
+
+def check_output_dir(cfg: dict) -> list[str]:
+    """`output_dir` can be created (or written, if it exists): checked here so that training does not load the
+    model and then fail. Nothing is created."""
+    out = cfg.get("output_dir")
+    if not out:
+        return []
+    path = resolve(str(out))
+    shown = str(out)
+    probe = path
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+    except OSError as e:  # e.g. a parent that may not be searched
+        return [f"`output_dir: {shown}` cannot be created: `{rel(probe)}` is not reachable ({e.strerror}); "
+                "choose another `output_dir` or fix its permissions."]
+    if probe == path and not path.is_dir():
+        return [f"`output_dir: {shown}` is a file, not a folder; choose another `output_dir`."]
+    if not probe.is_dir():
+        return [(f"`output_dir: {shown}` cannot be created: `{rel(probe)}` is a file, not a folder; choose "
+                 "another `output_dir`.")]
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == path else "is not writable, so the folder cannot be created there"
+        return [(f"`output_dir: {shown}`: `{rel(probe)}` {what}; choose another `output_dir` or fix its "
+                 "permissions.")]
+    return []
 
 
 def _quote(names) -> str:
@@ -426,6 +456,7 @@ def check_config(config: str | Path, overrides: list[str] = (), measure_lengths:
     well_typed = known - set(typed)  # the parser sees only values of the right type
     gpu = has_gpu() if gpu is None else gpu
     report.problems += check_model(cfg)
+    report.problems += check_output_dir(cfg)
     clean = {k: v for k, v in cfg.items() if k not in typed}  # one sentence per mistake: skip mistyped values
     for step in (lambda: parse_with_llamafactory(clean, well_typed, gpu), lambda: check_datasets(clean),
                  lambda: check_template(clean, llamafactory_templates()), lambda: check_servable(clean)):

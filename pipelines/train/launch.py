@@ -12,6 +12,11 @@ Environment (the Makefile passes these through):
                              or DEEPSPEED is given. Empty values (as `make` exports unset variables) are dropped.
     DRY_RUN=1                print the command and the launcher's environment, run nothing
 
+Ctrl-C stops the training (SIGTERM to llamafactory-cli and what it started, SIGKILL after a grace period) and
+ends with one line: the checkpoints kept in `output_dir`, how to resume them, and the manifest, written with exit
+status 130. llamafactory-cli runs with SIGINT ignored, so the terminal's Ctrl-C reaches only this launcher and
+the training stops without a traceback of its own.
+
 `build_launch` is the pure core: (config, overrides, environment) → (argv, env). The manifest,
 `OUTPUT_DIR/pipelines_manifest.json`, records the merged config, the command, the git revision, the sha256 of
 every dataset file, the package versions, start and end time, and the final train/eval loss.
@@ -23,7 +28,10 @@ import argparse
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +45,8 @@ from pipelines.train.manifest import write_manifest
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it
+STOP_GRACE_S = 30.0  # seconds between SIGTERM and SIGKILL when a run is interrupted
 
 
 class TrainError(Exception):
@@ -126,6 +136,108 @@ def ensure_tiny_model(cfg: Mapping) -> None:
             raise TrainError("`make tiny-model` failed; see its output above.")
 
 
+# ------------------------------------------------------------------------------------------ the training run
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process from /proc, or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else (int(fields[1]), fields[19])
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every live descendant of `pid`, parents before children."""
+    children: dict[int, list[int]] = {}
+    starts = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _stat(int(entry.name))):
+            children.setdefault(st[0], []).append(int(entry.name))
+            starts[int(entry.name)] = st[1]
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop(0)
+        out.append((p, starts[p]))
+        todo += children.get(p, [])
+    return out
+
+
+def _signal_all(procs: list[tuple[int, str]], sig: int) -> list[tuple[int, str]]:
+    """Send `sig` to those of `procs` that still run as the same process (pid and start time); the ones that do."""
+    alive = []
+    for pid, started in procs:
+        st = _stat(pid)
+        if st and st[1] == started:
+            try:
+                os.kill(pid, sig)
+                alive.append((pid, started))
+            except ProcessLookupError:
+                pass
+    return alive
+
+
+def stop_run(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
+    """Stop llamafactory-cli and everything it started: SIGTERM, then SIGKILL after `grace` s (at once on a
+    second Ctrl-C)."""
+    procs = [(proc.pid, (_stat(proc.pid) or (0, ""))[1]), *descendants(proc.pid)]
+    try:
+        _signal_all(procs, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            proc.poll()
+            if not _signal_all(procs, 0):
+                return
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _signal_all(procs, signal.SIGKILL)
+        proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_training(cmd: list[str], env: Mapping[str, str]) -> tuple[int, bool]:
+    """Run llamafactory-cli with its output streamed to ours; (exit status, interrupted by Ctrl-C)."""
+    print("$", " ".join(cmd), flush=True)
+    # SIGINT ignored while the child is created: an ignored signal stays ignored across exec, and Python then
+    # installs no KeyboardInterrupt handler of its own, so Ctrl-C reaches only this launcher, which stops it.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        proc = subprocess.Popen(cmd, env=dict(env), cwd=ROOT, stdout=sys.stdout, stderr=sys.stderr)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    try:
+        return proc.wait(), False
+    except KeyboardInterrupt:
+        stop_run(proc)
+        return INTERRUPTED, True
+
+
+def interrupted_line(config_arg: str, overrides: list[str], output_dir: Path, manifest: Path | None,
+                     cfg: Mapping) -> str:
+    """The one line a Ctrl-C ends with: what was kept and how to go on."""
+    args = f' ARGS="{" ".join(overrides)}"' if overrides else ""
+    ckpt = latest_checkpoint(output_dir)
+    shown = rel(output_dir)
+    if ckpt is not None:
+        kept = (f"the checkpoints in `{shown}` are kept (latest `{ckpt.name}`); resume with "
+                f"`make train CONFIG={config_arg}{args} RESUME=1`")
+    elif str(cfg.get("save_strategy", "steps")).lower() == "no":
+        kept = f"no checkpoint was saved (`save_strategy: no`), so `make train CONFIG={config_arg}{args}` starts over"
+    else:
+        kept = (f"no checkpoint was saved yet in `{shown}` (`save_steps: {cfg.get('save_steps', 500)}`), so "
+                f"`make train CONFIG={config_arg}{args}` starts over")
+    where = (f"the manifest `{rel(manifest)}` records exit status {INTERRUPTED}" if manifest else
+             "no manifest was written (`output_dir` was not created yet)")
+    return f"train: interrupted (Ctrl-C); {kept}; {where}."
+
+
 # ---------------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -144,7 +256,15 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return 1
     ds = environ.get("DEEPSPEED")
     checked = args.overrides + ([f"deepspeed={ds}"] if ds else [])
+    try:
+        return _main(args, environ, dry_run, resume, checked)
+    except KeyboardInterrupt:
+        print("train: interrupted (Ctrl-C) before training started; nothing was trained.", file=sys.stderr)
+        return INTERRUPTED
 
+
+def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resume: bool, checked: list[str]) -> int:
+    user_overrides = list(args.overrides)
     try:
         config_path = config.find_config(args.config)
         cfg = config.load_config(config_path, checked)
@@ -193,9 +313,21 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     if resume_from:
         final_cfg.update(resume_from_checkpoint=resume_from, overwrite_output_dir=False)
     started = time.time()
-    rc = lfcli.run(cmd, env=env)
+    rc, interrupted = run_training(cmd, env)
     ended = time.time()
     writer = (environ.get("NODE_RANK") or "0") == "0"
+    if interrupted:
+        path = None
+        if writer and output_dir.is_dir():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the manifest
+            try:
+                path = write_manifest(output_dir, config=args.config, overrides=args.overrides, cfg=final_cfg,
+                                      argv=cmd, env=env, started=started, ended=ended, exit_code=rc,
+                                      resumed_from=resume_from)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+        print(interrupted_line(args.config, user_overrides, output_dir, path, final_cfg), file=sys.stderr)
+        return rc
     if writer and output_dir.is_dir():
         path = write_manifest(output_dir, config=args.config, overrides=args.overrides, cfg=final_cfg, argv=cmd,
                               env=env, started=started, ended=ended, exit_code=rc, resumed_from=resume_from)

