@@ -102,6 +102,14 @@ def test_a_server_that_ignores_the_constraint_stops_after_the_probe(tmp_path, ne
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_a_server_that_refuses_the_grammar_says_so(tmp_path, ner_val: Path):
+    with GoldEcho(ner_val, reject_constrained=True) as srv:
+        with pytest.raises(EvalError, match=r"rejected record .* refused the `structured_outputs` grammar.*"
+                                            r"--constrain none"):
+            run_eval(srv.url, "cluener", ner_val, ["adapter"], tmp_path, retry=FAST_RETRY, progress=False,
+                     constrain="auto")
+
+
 def test_answers_are_reused_only_from_the_same_weights(tmp_path, ner_val: Path, capsys):
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -47,13 +47,14 @@ class GoldEcho:
     """
 
     def __init__(self, data: Path, models=("base", "adapter", "judge"), answers=None, delay=0.0, die_after=None,
-                 max_model_len=None, roots=None):
+                 max_model_len=None, roots=None, reject_constrained=False):
         records = load_records(data)
         self.by_prompt = {(r["system"], user_text(r)): r for r in records}
         self.models = list(models)
         self.answers: dict[str, Callable[[dict], str]] = answers or {}
         self.delay, self.die_after, self.max_model_len = delay, die_after, max_model_len
         self.roots: dict[str, str] = roots or {}  # model → the `root` its card lists (as vLLM: the loaded path)
+        self.reject_constrained = reject_constrained  # answer requests with `structured_outputs` with HTTP 400
         self.completions: list[dict] = []  # request bodies answered
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -114,6 +115,9 @@ class GoldEcho:
                         echo.completions.append(body)
                 if dead:
                     self.close_connection = True  # no response at all: the client sees a dropped connection
+                    return
+                if echo.reject_constrained and "structured_outputs" in body:
+                    self._send(400, {"error": {"message": "grammar backend unavailable", "type": "BadRequestError"}})
                     return
                 if body["model"] not in echo.models:
                     self._send(404, {"error": {"message": f"model {body['model']} not found"}})
