@@ -20,6 +20,8 @@ PORT       ?= 8000
 TASK       ?= cluener
 EVAL_DATA  ?= data/cluener_val.json
 MODELS     ?= tiny-base cluener
+# the evaluated server's OpenAI API (a deployed bundle's, e.g. http://gpu-host:8000/v1)
+BASE_URL   ?= http://127.0.0.1:$(PORT)/v1
 EVAL_OUT   ?= results/eval
 LIMIT      ?=
 DATA_DIR   ?= data
@@ -34,20 +36,26 @@ SAMPLES    ?=
 EVAL_LIMIT ?=
 RUN        ?=
 PYTEST_ARGS ?=
+TARGET     ?= compose
+OUT        ?=
+ADAPTER_URLS ?=
 
 export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT DEEPSPEED RESUME DRY_RUN PROFILE MODEL PORT \
        CLUENER_DIR RUOZHIBA_FILE SAMPLES EVAL_LIMIT RUN
 
-.PHONY: help setup tiny-model tiny-base data download lengths check train export sweep serve serve-status \
-        serve-stop lora-load lora-unload eval parity all bench test clean
+.PHONY: help setup lock tiny-model tiny-base data download lengths check train export sweep serve serve-status \
+        serve-stop lora-load lora-unload deploy eval parity all bench test clean
 
 help: ## list the targets (colour only on a terminal, never with NO_COLOR set)
 	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then c=$$(printf '\033[36m'); r=$$(printf '\033[0m'); fi; \
 	  awk -v c="$$c" -v r="$$r" 'BEGIN{FS=":.*## "} /^[a-z][a-zA-Z_-]*:.*## /{printf "  %s%-14s%s %s\n", c, $$1, r, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: MODEL=$(MODEL_OR_TINY) CONFIG=$(CONFIG) SERVE=$(SERVE) PORT=$(PORT) PROFILE=$(PROFILE)"
 
-setup: ## build .venv (LLaMA-Factory) and .venv-vllm (vLLM); a no-op when nothing changed
+setup: ## build .venv (LLaMA-Factory) and .venv-vllm (vLLM) from requirements/lock with uv (PIPELINES_INSTALLER=pip); a no-op when nothing changed
 	@$(PYTHON) -m pipelines setup
+
+lock: ## resolve the declared requirements into requirements/lock/*-KIND.txt with uv (KIND=cpu|cuda, default this machine's)
+	@$(PYTHON) -m pipelines setup --lock $(if $(KIND),--kind $(KIND))
 
 tiny-model: setup ## build models/tiny-qwen2: a Qwen2 model with random weights and a locally trained tokenizer
 	@$(CLI) tiny-model
@@ -76,7 +84,7 @@ train: ## check, then train CONFIG with llamafactory-cli (ARGS="key=value …", 
 export: ## merge ADAPTER into its base with llamafactory-cli export
 	@$(CLI) export $(ADAPTER) $(ARGS)
 
-sweep: ## train a grid over lora_rank x learning_rate x max_samples into named adapters
+sweep: ## train a grid (ARGS="--ranks 8,16 --lrs 1e-3,3e-3 --samples 300"), serve and score every adapter from one server, write OUT/leaderboard.md
 	@$(CLI) sweep $(CONFIG) $(ARGS)
 
 serve: ## start vLLM (OpenAI API) in the background with the base model and every adapter of SERVE
@@ -94,8 +102,11 @@ lora-load: ## hot-load ADAPTER as NAME= into the running server (only if SERVE a
 lora-unload: ## unload adapter NAME= from the running server (only if SERVE allows runtime updates)
 	@$(CLI) serve unload $(SERVE) --port $(PORT) $(if $(NAME),--name $(NAME))
 
-eval: ## check prompt parity with MODEL's tokenizer, then score MODELS served on PORT on EVAL_DATA for TASK into EVAL_OUT (JUDGE= optional)
-	@$(CLI) eval --base-url http://127.0.0.1:$(PORT)/v1 --task $(TASK) --data $(EVAL_DATA) \
+deploy: ## render a bundle of SERVE for TARGET=compose|k8s into OUT (default serve/deploy/<name>/); ADAPTER_URLS="NAME=URL …" (k8s)
+	@$(CLI) deploy $(SERVE) --target $(TARGET) $(if $(OUT),--out $(OUT)) $(foreach u,$(ADAPTER_URLS),--adapter-url $(u))
+
+eval: ## check prompt parity with MODEL's tokenizer, then score MODELS served at BASE_URL (default: PORT here) on EVAL_DATA for TASK into EVAL_OUT (JUDGE= optional)
+	@$(CLI) eval --base-url $(BASE_URL) --task $(TASK) --data $(EVAL_DATA) \
 	  $(foreach m,$(MODELS),--model $(m)) --out $(EVAL_OUT) $(if $(LIMIT),--limit $(LIMIT)) \
 	  --tokenizer $(MODEL_OR_TINY) $(if $(JUDGE),--judge $(JUDGE))
 

