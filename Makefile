@@ -23,6 +23,10 @@ MODELS     ?= tiny-base cluener
 # the evaluated server's OpenAI API (a deployed bundle's, e.g. http://gpu-host:8000/v1)
 BASE_URL   ?= http://127.0.0.1:$(PORT)/v1
 EVAL_OUT   ?= results/eval
+# none | auto (NER: spans of the input; classification: one of the candidates) | both
+CONSTRAIN  ?= none
+# more `python -m pipelines eval` options, e.g. EVAL_ARGS=--fresh
+EVAL_ARGS  ?=
 LIMIT      ?=
 DATA_DIR   ?= data
 CLUENER_DIR   ?= data/raw/cluener_sample
@@ -85,7 +89,7 @@ export: ## merge ADAPTER into its base with llamafactory-cli export
 	@$(CLI) export $(ADAPTER) $(ARGS)
 
 sweep: ## train a grid (ARGS="--ranks 8,16 --lrs 1e-3,3e-3 --samples 300"), serve and score every adapter from one server, write OUT/leaderboard.md
-	@$(CLI) sweep $(CONFIG) $(ARGS)
+	@$(CLI) sweep $(CONFIG) $(ARGS) $(if $(OUT),--out $(OUT))
 
 serve: ## start vLLM (OpenAI API) in the background with the base model and every adapter of SERVE
 	@$(CLI) serve start $(SERVE) --port $(PORT)
@@ -105,10 +109,10 @@ lora-unload: ## unload adapter NAME= from the running server (only if SERVE allo
 deploy: ## render a bundle of SERVE for TARGET=compose|k8s into OUT (default serve/deploy/<name>/); ADAPTER_URLS="NAME=URL …" (k8s)
 	@$(CLI) deploy $(SERVE) --target $(TARGET) $(if $(OUT),--out $(OUT)) $(foreach u,$(ADAPTER_URLS),--adapter-url $(u))
 
-eval: ## check prompt parity with MODEL's tokenizer, then score MODELS served at BASE_URL (default: PORT here) on EVAL_DATA for TASK into EVAL_OUT (JUDGE= optional)
+eval: ## check prompt parity with MODEL's tokenizer, then score MODELS served at BASE_URL (default: PORT here) on EVAL_DATA for TASK into EVAL_OUT (CONSTRAIN=, JUDGE=, EVAL_ARGS=)
 	@$(CLI) eval --base-url $(BASE_URL) --task $(TASK) --data $(EVAL_DATA) \
 	  $(foreach m,$(MODELS),--model $(m)) --out $(EVAL_OUT) $(if $(LIMIT),--limit $(LIMIT)) \
-	  --tokenizer $(MODEL_OR_TINY) $(if $(JUDGE),--judge $(JUDGE))
+	  --tokenizer $(MODEL_OR_TINY) $(if $(JUDGE),--judge $(JUDGE)) --constrain $(CONSTRAIN) $(EVAL_ARGS)
 
 parity: ## check that training (LLaMA-Factory template) and serving (chat template) render identical prompts
 	@$(CLI) parity --model $(MODEL_OR_TINY) --data $(EVAL_DATA)

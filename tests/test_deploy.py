@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema  # noqa: E402 - `make setup` installs it (the `dev` extra); a missing one fails, never skips
 import pytest
 import yaml
 from serving import make_lora_adapter
@@ -24,13 +25,16 @@ from pipelines.serve import cli as serve_cli
 from pipelines.serve import deploy, render
 from pipelines.serve.config import ServeConfigError, from_dict
 
-jsonschema = pytest.importorskip("jsonschema")
-
 SCHEMAS = deploy.SCHEMAS_DIR
 COMPOSE_SCHEMA = SCHEMAS / "compose-spec" / "compose-spec.json"
 CHART_SCHEMA = SCHEMAS / "vllm-stack" / "values.schema.json"
-needs_schemas = pytest.mark.skipif(not (COMPOSE_SCHEMA.is_file() and CHART_SCHEMA.is_file()),
-                                   reason="no ../shared/deploy schemas")
+if not (COMPOSE_SCHEMA.is_file() and CHART_SCHEMA.is_file()):  # fail, never skip: CI has ../shared/deploy
+    raise FileNotFoundError(f"`{SCHEMAS}` lacks the official schemas (compose-spec/compose-spec.json, "
+                            "vllm-stack/values.schema.json) that the deployment tests validate against; restore it.")
+
+
+def needs_schemas(test):  # kept as a marker-like decorator: the schemas are there, or the module failed above
+    return test
 HUB_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 KEY = "secret-xyz"
 
@@ -103,7 +107,10 @@ def flags(args: list[str]) -> tuple[list[str], dict[str, list]]:
 
 
 def validate(doc: dict, schema: Path) -> None:
-    jsonschema.Draft7Validator(json.loads(schema.read_text())).validate(doc)
+    loaded = json.loads(schema.read_text())
+    cls = jsonschema.Draft7Validator if "draft-07" in loaded.get("$schema", "") else \
+        jsonschema.validators.validator_for(loaded)  # the draft the schema declares (the chart's is 2020-12)
+    cls(loaded).validate(doc)
 
 
 def bundle_files(out: Path) -> dict[str, bytes]:

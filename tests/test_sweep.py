@@ -55,7 +55,8 @@ def _sweep(out: Path, base: Path, data: Path, *args: str) -> int:
 def test_sweep_serves_scores_and_ranks_every_adapter_and_a_rerun_does_nothing(tmp_path, capfd, tiny_base_dir,
                                                                              converted_data_dir):
     out = tmp_path / "sweep"
-    assert _sweep(out, tiny_base_dir, converted_data_dir, "--ranks", "4,8", "--lrs", "3e-3") == 0
+    # two adapters, one LoRA slot: vLLM swaps them in and out, the figures are the same as with two slots
+    assert _sweep(out, tiny_base_dir, converted_data_dir, "--ranks", "4,8", "--lrs", "3e-3", "--max-loras", "1") == 0
     board = json.loads((out / "leaderboard.json").read_text())
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     names = [r["name"] for r in board["rows"]]
@@ -65,7 +66,7 @@ def test_sweep_serves_scores_and_ranks_every_adapter_and_a_rerun_does_nothing(tm
     for row in board["rows"]:  # the leaderboard's figures are the evaluator's own
         assert row["metrics"] == metrics["models"][row["name"]]
         assert row["constrained"] == metrics["constrained"][row["name"]]
-    assert board["eval"]["max_loras"] == 2 and board["eval"]["requests_per_s"] > 0
+    assert board["eval"]["max_loras"] == 1 and board["eval"]["requests_per_s"] > 0
     plots = {p.name for p in (out / "plots").glob("*.png")}
     assert plots == {"micro_f1_by_rank.png", "train_loss.png"}
     md = (out / "leaderboard.md").read_text()
@@ -73,7 +74,7 @@ def test_sweep_serves_scores_and_ranks_every_adapter_and_a_rerun_does_nothing(tm
     rows_before = {p: p.read_text() for p in (out / "eval").glob("*/predictions.jsonl")}
     capfd.readouterr()
 
-    assert _sweep(out, tiny_base_dir, converted_data_dir, "--ranks", "4,8", "--lrs", "3e-3") == 0
+    assert _sweep(out, tiny_base_dir, converted_data_dir, "--ranks", "4,8", "--lrs", "3e-3", "--max-loras", "1") == 0
     text = capfd.readouterr().out
     assert "2 reused, 0 pending" in text and "without a server" in text and "==> sweep [" not in text
     assert {p: p.read_text() for p in (out / "eval").glob("*/predictions.jsonl")} == rows_before  # nothing sent

@@ -21,7 +21,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m pipelines bench",
                                  description="Benchmarks: the pipeline against the seeds' way, side by side.")
     ap.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all", "report", "setup"],
-                    help="a benchmark, all three (default; then BENCHMARKS.md is rewritten), or only the report; "
+                    help=f"a benchmark, all of {', '.join(BENCHES)} (default; then BENCHMARKS.md is rewritten), or only the report; "
                          "`setup` (make setup with uv against pip, cold and warm; not in `all`: it downloads) "
                          "also rewrites BENCHMARKS.md")
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each measurement (default 3)")

@@ -5,7 +5,7 @@ model with the same LoRA adapter, greedy, exactly `max_tokens` (50) new tokens p
 that both do the same work: ours sends `ignore_eos` (vLLM's sampling extra, through the openai client's
 `extra_body`), theirs sets `min_new_tokens = max_new_tokens`.
 
-- ours: the evaluator's own send path (`pipelines.evaluate.make_client` + `answer_all`: bounded concurrency,
+- ours: the evaluator's own send path (`pipelines.eval.client.make_client` + `answer_all`: bounded concurrency,
   retries, every answer appended to a predictions file) at each concurrency, with the per-request latency timed
   around the client call. `run_eval` itself cannot send `ignore_eos`, so the fixed-length figures come from
   this driver; `run_eval` end to end (natural stop, scoring, report) is measured too, at the best concurrency.
@@ -106,7 +106,7 @@ def ours_fixed(base_url: str, items, concurrency: int, path: Path) -> dict[str, 
 
 
 def ours_run_eval(base_url: str, prompts: Path, n: int, concurrency: int, out: Path) -> dict[str, Any]:
-    """`pipelines.evaluate.run_eval` end to end (natural stop at max_tokens 50, scoring, report)."""
+    """`pipelines.eval.evaluate.run_eval` end to end (natural stop at max_tokens 50, scoring, report)."""
     from pipelines.eval import evaluate as ev
 
     t0 = time.perf_counter()
@@ -276,7 +276,7 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
         "fixed_length": "ours: extra_body ignore_eos; theirs: min_new_tokens = max_new_tokens; "
                         "vllm bench: --ignore-eos",
         "concurrency": list(levels), "prompt_shape": shape, "eval_spec_version": ev.EVAL_SPEC_VERSION,
-        "ours_driver": "pipelines.evaluate.make_client + answer_all (the evaluator's send path), latency timed "
+        "ours_driver": "pipelines.eval.client.make_client + answer_all (the evaluator's send path), latency timed "
                        "around chat.completions.create; run_eval itself cannot send ignore_eos",
         "server": server_info,
         "vllm_cpu_lora_plugin": "on" if vllm_cpu_lora.enabled() else f"off ({vllm_cpu_lora.ENV_SWITCH}=0)",

@@ -23,6 +23,10 @@ def load_records(path: str | Path, limit: int | None = None) -> list[dict[str, s
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecordError(f"data file `{path}` does not exist: run `make data` or pass another `--data`.") from None
+    except IsADirectoryError:
+        raise RecordError(f"data file `{path}` is a folder: pass the JSON file, e.g. `data/cluener_val.json`.") from None
+    except OSError as e:
+        raise RecordError(f"data file `{path}` cannot be read ({e.strerror}): check its permissions.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RecordError(f"data file `{path}` is not valid JSON ({e}): pass a JSON list of alpaca records.") from None
     if not isinstance(data, list) or not data:

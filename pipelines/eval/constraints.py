@@ -86,12 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines constrain", description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, help=f"an evaluation task: one of {', '.join(tasks.TASKS)}")
     ap.add_argument("--form", choices=constrain.NER_FORMS, default="dict", help="NER answer form (default dict)")
-    ap.add_argument("--text", default="", help="NER: the input text whose spans the entities must be")
+    ap.add_argument("--text", help="NER: the input text whose spans the entities must be")
     ap.add_argument("--choices", help="classification: the candidate categories, comma-separated")
     args = ap.parse_args(argv)
     try:
         task = tasks.get(args.task)
         if task.constraint == "spans":
+            if not args.text:
+                raise EvalError("`--text` is required for an NER task: the entities must be spans of it.")
             so = constrain.ner_structured_outputs(args.text, task.labels, args.form)
         elif task.constraint == "choice":
             choices = [c.strip() for c in (args.choices or "").split(",") if c.strip()]

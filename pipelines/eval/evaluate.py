@@ -56,7 +56,6 @@ from pipelines.eval.prompts import (
     estimate_max_tokens,
     fit_max_tokens,
     prompt_token_bound,
-    request_key,
 )
 
 #: Bump when a change alters what is sent or how it is scored: figures of different versions do not compare.
@@ -237,6 +236,8 @@ def run_eval(
             elif saved:
                 echo(f"evaluate: {label}: none of the {len(saved)} saved answers in `{path}` are for these requests to "
                      "this model (other data, settings or weights); asking for all")
+            else:
+                echo(f"evaluate: {label}: no saved answers; asking for all {len(items)}")
             done = asyncio.run(_answer(base_url, api_key, timeout, concurrency, model, items, path, retry, progress,
                                        records if constrained else None, spec, form, offline))
             rows = [done[(r["id"], k)] for r, k in zip(records, keys)]
@@ -277,7 +278,8 @@ def run_eval(
     primary = answers[False] if False in passes else answers[True]
     if judge:
         metrics["judge"] = asyncio.run(
-            _judge(base_url, api_key, timeout, concurrency, judge, models, records, primary, out, retry, progress)
+            _judge(base_url, api_key, timeout, concurrency, judge, models, records, primary, out, retry, progress,
+                   model_identity(served[judge]))
         )
 
     out.mkdir(parents=True, exist_ok=True)
@@ -303,7 +305,8 @@ def _check_obeyed(spec: tasks.Task, records: Sequence[dict[str, str]], form: str
             raise EvalError(f"the server at `{base_url}` did not obey `structured_outputs` for `{model}`: record "
                             f"`{r['id']}` was answered {a[:60]!r}, which is not {constraints.describe(spec)}; serve "
                             "with vLLM >= 0.12 and a structured-output backend (`--structured-outputs-config.backend "
-                            "xgrammar` in the serve config's `extra_args`), or evaluate with `--constrain none`.")
+                            "xgrammar` in the serve config's `extra_args`) and rerun with `--fresh` (which sets the "
+                            "answers it gave aside), or evaluate with `--constrain none`.")
 
 
 async def _check(base_url: str, api_key: str | None, timeout: float, wanted: Sequence[str]) -> dict[str, int | None]:
@@ -334,7 +337,8 @@ async def _answer(base_url, api_key, timeout, concurrency, model, items, path, r
                                 desc=f"{model} (constrained)" if probe_records is not None else None)
 
 
-async def _judge(base_url, api_key, timeout, concurrency, judge, models, records, answers, out, retry, progress):
+async def _judge(base_url, api_key, timeout, concurrency, judge, models, records, answers, out, retry, progress,
+                 judge_identity):
     from pipelines.eval import judge as judging
 
     baseline, results = models[0], {}
@@ -345,7 +349,7 @@ async def _judge(base_url, api_key, timeout, concurrency, judge, models, records
                 q = judging.build_judge_request(
                     r["id"], user_text(r), r["output"], answers[baseline][i], answers[cand][i]
                 )
-                items.append((r["id"], request_key(q), q))
+                items.append((r["id"], answer_key(q, judge_identity), q))
             path = out / "judge" / model_dir_name(judge) / f"{model_dir_name(cand)}_vs_{model_dir_name(baseline)}.jsonl"
             done = await answer_all(client, judge, items, path, base_url=base_url, concurrency=concurrency,
                                     retry=retry, progress=progress, desc=f"{judge}: {cand} vs {baseline}")

@@ -1,4 +1,5 @@
-"""The tiny model's pre-training text: `tiny_base` pre-trains on it and the tokenizer is trained on it.
+"""The tiny model's pre-training text: `make tiny-base` (`pipelines.models.pretrain`) pre-trains on it, and the
+tokenizer is trained on it.
 
 It holds the raw sentences of the bundled samples (CLUENER texts, ruozhiba questions) plus generic Chinese,
 English and JSON text generated here. It holds no NER answers and no system prompt: what the adapters learn

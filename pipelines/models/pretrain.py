@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from pipelines.common import lfcli
+from pipelines.common.paths import DATA_DIR, ROOT, TINY_BASE, TINY_MODEL
 from pipelines.models import tiny as tiny_model
 from pipelines.models.corpus import pretrain_corpus
-from pipelines.common.paths import DATA_DIR, ROOT, TINY_BASE, TINY_MODEL
 
 CONFIG = ROOT / "conf" / "tiny_pretrain.yaml"
 CORPUS_DIR = DATA_DIR / "pretrain"

@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = args.out or ROOT / "models" / f"{args.shape}-shape"
     if not (args.tokenizer / "tokenizer_config.json").is_file():
-        print(f"shaped_model: `{rel(args.tokenizer)}` holds no tokenizer; run `make tiny-model` first.",
+        print(f"shaped-model: `{rel(args.tokenizer)}` holds no tokenizer; run `make tiny-model` first.",
               file=sys.stderr)
         return 1
     t0 = time.time()
     n = build(args.shape, args.tokenizer, out)
-    print(f"shaped_model: wrote {rel(out)} ({n / 1e9:.2f} B parameters, random weights) in {time.time() - t0:.0f} s")
+    print(f"shaped-model: wrote {rel(out)} ({n / 1e9:.2f} B parameters, random weights) in {time.time() - t0:.0f} s")
     return 0
 
 

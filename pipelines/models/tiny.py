@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.models.corpus import pretrain_corpus, task_prompts
 from pipelines.common.paths import TINY_MODEL
+from pipelines.models.corpus import pretrain_corpus, task_prompts
 
 SEED = 0
 #: The files of a tokenizer and chat template that a model folder built from this one copies verbatim.

@@ -28,6 +28,7 @@ from pipelines.common.net import free_port
 from pipelines.common.paths import SERVE_DIR, rel, resolve
 from pipelines.eval import EvalError, tasks
 from pipelines.eval.predictions import NotSaved
+from pipelines.serve.client import ServeError
 from pipelines.train import config
 from pipelines.train.sweep import (
     DEFAULT_LRS,
@@ -110,8 +111,10 @@ def evaluate(task: str, cfg: dict, runs: list[Run], out: Path, serve_path: Path,
             metrics = run_eval(previous["settings"]["base_url"], task, data, models, eval_dir, served=cards,
                                echo=lambda s: None, **kwargs)
             echo(f"sweep: every answer is saved for these weights; scored {len(models)} models without a server")
-            return metrics, {"server": "not started (all answers saved)", "max_loras": scfg.max_loras,
-                             "seconds": round(time.time() - t0, 1), "requests_sent": 0}
+            asked = ((_read(out / "leaderboard.json") or {}).get("eval") or {})  # the run that asked for them
+            kept = {k: asked[k] for k in ("max_loras", "seconds", "requests", "requests_per_s") if k in asked}
+            return metrics, {"max_loras": scfg.max_loras, **kept, "requests_sent": 0,
+                             "server": "not started (all answers saved; requests/s of the run that asked for them)"}
         except NotSaved:
             pass
     echo(f"sweep: serving `{base}` and {len(adapters)} adapters (max_loras {scfg.max_loras}) on port {scfg.port}")
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
 
         board = leaderboard(task, args.config, args.overrides, cfg, runs, metrics, info,
                             serve.load(serve_path).served_model_name)
-    except (config.CheckError, EvalError, SweepError, ValueError) as e:
+    except (config.CheckError, EvalError, SweepError, ServeError, ValueError) as e:
         print(f"sweep: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

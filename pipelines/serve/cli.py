@@ -24,6 +24,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import httpx
+
 from pipelines.common.paths import resolve
 from pipelines.serve.client import ServeError
 from pipelines.serve.command import build_command, build_env, shown_env
@@ -61,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve {args.action}: {e}" if not isinstance(e, ServeConfigError) or len(e.problems) == 1
               else f"serve {args.action}: {len(e.problems)} problems:\n  - " + "\n  - ".join(e.problems),
               file=sys.stderr)
+        return 1
+    except ValueError as e:  # a bad PIPELINES_DEVICE, said in one sentence by `has_cuda`
+        print(f"serve {args.action}: {e}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as e:  # load/unload against a server that stopped answering
+        print(f"serve {args.action}: the server does not answer ({type(e).__name__}: {e}); check it with "
+              "`make serve-status`.", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         print(f"serve {args.action}: {_interrupted(args, e)}", file=sys.stderr)

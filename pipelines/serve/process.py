@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from pipelines.common.io import atomic_write
 from pipelines.common.paths import ROOT
 from pipelines.serve.client import ServeError, healthy, post, served_models
 from pipelines.serve.command import build_command, build_env, shown_env
@@ -306,7 +307,7 @@ def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] |
                  "runtime_lora_updating": cfg.runtime_lora_updating, "command": cmd, "log": str(files.log)}
         if cfg.lora_enabled:
             state["max_lora_rank"] = _flag_value(cmd, "--max-lora-rank", int)
-        files.state.write_text(json.dumps(state, indent=2) + "\n")
+        atomic_write(files.state, json.dumps(state, indent=2) + "\n")
         echo(f"serve: started pid {proc.pid}, log {files.log}; waiting for {base_url}/v1/models …")
         want = [cfg.served_model_name, *state["adapters"]]
         models = _wait_ready(proc, base_url, want, server_env, timeout or cfg.startup_timeout, files.log)
@@ -326,7 +327,7 @@ def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] |
         raise
     seconds = time.monotonic() - t0
     state["ready_seconds"] = round(seconds, 1)
-    files.state.write_text(json.dumps(state, indent=2) + "\n")
+    atomic_write(files.state, json.dumps(state, indent=2) + "\n")
     return Served(proc.pid, base_url + "/v1", models, files.log, seconds)
 
 

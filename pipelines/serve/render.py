@@ -238,14 +238,19 @@ def _path(parts) -> str:
     return out or "(top)"
 
 
-def schema_problems(doc: dict, schema: dict, *, what: str, schema_name: str, source: str) -> list[str]:
-    """Every place `doc` breaks `schema`, one sentence each naming the document field and the config key."""
+def schema_validator(schema: dict):
+    """The validator of the draft a schema declares: compose-spec says draft-07 (without the trailing `#` that
+    `validator_for` matches), the vllm-stack chart 2020-12."""
     from jsonschema import Draft7Validator
     from jsonschema.validators import validator_for
 
-    # both schemas say draft-07 (compose without the trailing `#`, which validator_for does not match)
     cls = Draft7Validator if "draft-07" in str(schema.get("$schema", "draft-07")) else validator_for(schema)
-    validator = cls(schema)
+    return cls(schema)
+
+
+def schema_problems(doc: dict, schema: dict, *, what: str, schema_name: str, source: str) -> list[str]:
+    """Every place `doc` breaks `schema`, one sentence each naming the document field and the config key."""
+    validator = schema_validator(schema)
     problems = []
     for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
         key = next((CONFIG_KEYS[p] for p in reversed(list(e.absolute_path)) if p in CONFIG_KEYS), None)

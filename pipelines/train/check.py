@@ -221,7 +221,7 @@ def check_types(cfg: dict, hints: dict[str, Any]) -> dict[str, str]:
 
 def has_gpu() -> bool:
     """Whether torch in this venv sees CUDA: what LLaMA-Factory's parser, run here, decides by (unlike
-    `pipelines.gpu.has_cuda`, which asks nvidia-smi before any venv exists)."""
+    `pipelines.common.device.has_cuda`, which asks nvidia-smi before any venv exists)."""
     try:
         import torch
 
