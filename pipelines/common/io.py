@@ -37,6 +37,14 @@ def write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
     return atomic_write(path, json.dumps(obj, ensure_ascii=False, indent=indent) + "\n")
 
 
+def read_json(path: str | Path) -> Any | None:
+    """A JSON file's content, or None when it is missing, unreadable or not JSON (for files that may not exist yet)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import device
-from pipelines.common.io import write_json
+from pipelines.common.io import read_json, write_json
 from pipelines.common.net import free_port
 from pipelines.common.paths import SERVE_DIR, rel, resolve
 from pipelines.eval import EvalError, tasks
@@ -102,7 +102,7 @@ def evaluate(task: str, cfg: dict, runs: list[Run], out: Path, serve_path: Path,
     models = [base, *adapters]
     eval_dir = out / "eval"
     constrain = "both" if spec.constraint else "none"
-    previous = _read(eval_dir / "metrics.json")
+    previous = read_json(eval_dir / "metrics.json")
     cards = served_cards(previous, models)
     kwargs = dict(limit=limit, constrain=constrain, progress=True)
     t0 = time.time()
@@ -111,9 +111,9 @@ def evaluate(task: str, cfg: dict, runs: list[Run], out: Path, serve_path: Path,
             metrics = run_eval(previous["settings"]["base_url"], task, data, models, eval_dir, served=cards,
                                echo=lambda s: None, **kwargs)
             echo(f"sweep: every answer is saved for these weights; scored {len(models)} models without a server")
-            asked = ((_read(out / "leaderboard.json") or {}).get("eval") or {})  # the run that asked for them
+            asked = ((read_json(out / "leaderboard.json") or {}).get("eval") or {})  # the run that asked for them
             kept = {k: asked[k] for k in ("max_loras", "seconds", "requests", "requests_per_s") if k in asked}
-            return metrics, {"max_loras": scfg.max_loras, **kept, "requests_sent": 0,
+            return metrics, {"base": base, "max_loras": scfg.max_loras, **kept, "requests_sent": 0,
                              "server": "not started (all answers saved; requests/s of the run that asked for them)"}
         except NotSaved:
             pass
@@ -123,17 +123,8 @@ def evaluate(task: str, cfg: dict, runs: list[Run], out: Path, serve_path: Path,
         metrics = run_eval(served.base_url, task, data, models, eval_dir, **kwargs)
         seconds = time.time() - t0
     n = metrics["data"]["n"] * len(models) * (2 if "constrained" in metrics else 1)
-    return metrics, {"server": f"{served.base_url} (stopped)", "max_loras": scfg.max_loras,
+    return metrics, {"base": base, "server": f"{served.base_url} (stopped)", "max_loras": scfg.max_loras,
                      "seconds": round(seconds, 1), "requests": n, "requests_per_s": round(n / seconds, 2)}
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------- the leaderboard (pure)
@@ -307,10 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_path = serve_config_for(str(cfg.get("model_name_or_path")), args.serve)
         metrics, info = evaluate(task, cfg, runs, out, serve_path, port=args.port, limit=args.eval_limit,
                                  max_loras=args.max_loras)
-        from pipelines import serve
-
-        board = leaderboard(task, args.config, args.overrides, cfg, runs, metrics, info,
-                            serve.load(serve_path).served_model_name)
+        board = leaderboard(task, args.config, args.overrides, cfg, runs, metrics, info, info["base"])
     except (config.CheckError, EvalError, SweepError, ServeError, ValueError) as e:
         print(f"sweep: {e}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.common.io import weights_fingerprint
+from pipelines.common.io import read_json, weights_fingerprint
 from pipelines.common.lora import VLLM_LORA_RANKS, round_rank
 from pipelines.common.net import port_free
 from pipelines.common.paths import ROOT, TRAIN_MANIFEST, is_local, resolve
@@ -432,11 +432,11 @@ def inspect_adapter(name: str, path: str | Path, served_model: str, max_rank: in
 def stale_base(name: str, folder: Path, served_model: str, base_dir: Path = ROOT) -> str | None:
     """A problem when the adapter's training manifest fingerprints other base weights than the served folder
     holds now (the base was rebuilt after training); None when they match or there is nothing to compare."""
-    try:
-        manifest = json.loads((folder / TRAIN_MANIFEST).read_text(encoding="utf-8"))
-        trained_on = (manifest.get("base_model") or {}).get("weights_fingerprint")
-    except (OSError, ValueError, AttributeError):
+    manifest = read_json(folder / TRAIN_MANIFEST)
+    if not isinstance(manifest, dict):
         return None
+    base_model = manifest.get("base_model")
+    trained_on = base_model.get("weights_fingerprint") if isinstance(base_model, dict) else None
     served_dir = resolve(served_model, base_dir)
     if not trained_on or not is_local(served_model) or not served_dir.is_dir():
         return None

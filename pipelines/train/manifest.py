@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from pipelines.common.io import file_sha256, tree_sha256, weights_fingerprint, write_json
+from pipelines.common.io import file_sha256, read_json, tree_sha256, weights_fingerprint, write_json
 from pipelines.common.paths import ROOT, TRAIN_MANIFEST, rel, resolve
 from pipelines.train.config import as_list
 
@@ -146,10 +146,7 @@ def write_manifest(output_dir: Path, *, config: str, overrides: list[str], cfg: 
 
 def read_manifest(output_dir: str | Path) -> dict | None:
     """The manifest of a training output folder, or None when there is none (or it is not JSON)."""
-    try:
-        data = json.loads((Path(output_dir) / TRAIN_MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    data = read_json(Path(output_dir) / TRAIN_MANIFEST)
     return data if isinstance(data, dict) else None
 
 
