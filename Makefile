@@ -48,7 +48,7 @@ export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT DEEPSPEED RESUME 
        CLUENER_DIR RUOZHIBA_FILE SAMPLES EVAL_LIMIT RUN
 
 .PHONY: help setup lock tiny-model tiny-base data download lengths check train export sweep serve serve-status \
-        serve-stop lora-load lora-unload deploy eval parity all bench test clean
+        serve-stop lora-load lora-unload deploy eval parity all bench test test-real lint clean
 
 help: ## list the targets (colour only on a terminal, never with NO_COLOR set)
 	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then c=$$(printf '\033[36m'); r=$$(printf '\033[0m'); fi; \
@@ -123,8 +123,15 @@ all: setup ## the whole pipeline into results/RUN (PROFILE=cpu|gpu, MODEL=, CLUE
 bench: tiny-base ## benchmarks against the seeds' way (ARGS="--quick --repeats 1"): tables, bench/results/*.json, BENCHMARKS.md
 	@$(CLI) bench all $(ARGS)
 
-test: setup ## run the test suite (builds what it needs; slow tests train and serve for real)
+test: setup ## the tests a bare clone passes (builds what it needs; slow tests train and serve for real)
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-real: setup ## the tests on the real data sets and official schemas (PIPELINES_SHARED=DIR, default ../shared; make download)
+	@$(PY) -m pytest -m real $(PYTEST_ARGS)
+
+lint: setup ## ruff and mypy (unknown names and module attributes fail) over pipelines/, serve/plugin/ and tests/
+	@$(PY) -m ruff check pipelines serve/plugin tests
+	@$(PY) -m mypy
 
 clean: ## remove generated data, adapters and results (keeps venvs and models)
 	rm -rf saves results $(DATA_DIR)/*_train.json $(DATA_DIR)/*_val.json $(DATA_DIR)/dataset_info.json

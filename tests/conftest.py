@@ -66,3 +66,18 @@ def tiny_cluener_adapter(tmp_path_factory, tiny_base_dir: Path, converted_data_d
                     environ=train_environ())
     assert rc == 0, "training the tiny cluener adapter failed; see the output above"
     return out
+
+
+# ---- tiers ----------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test-real` (or any selection holding a `real` test) refuses at once, in one sentence, when the real
+    data sets or schemas are missing: no test of that tier runs, none is skipped."""
+    if not any(item.get_closest_marker("real") for item in items):
+        return
+    from realdata import refusal
+
+    problem = refusal()
+    if problem:
+        pytest.exit(problem, returncode=1)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from pipelines.bench import common, report, seeds, train
+from pipelines.bench import common, report, seeds, train, train_options
+from pipelines.bench import setup as bench_setup
+from pipelines.bench.__main__ import BENCHES
+from pipelines.common.paths import ROOT
+from pipelines.eval.evaluate import EVAL_SPEC_VERSION
 
 PAD = 0
 
@@ -94,9 +102,14 @@ def test_ours_overrides_match_the_baseline_settings(tmp_path):
     assert ov["train_sampling_strategy"] == "group_by_length" and ov["save_strategy"] == "'no'"
 
 
+def current(name: str, **fields) -> dict:
+    """A result stamped at the code's spec versions (what the benchmark itself writes)."""
+    return {"benchmark": name, **common.specs(name), "commit": {"sha": "0123456789abcdef", "dirty": False}, **fields}
+
+
 def test_report_writes_from_result_files(tmp_path):
     result = {
-        "benchmark": "convert", "quick": True, "mode": "quick (small sizes: noisy, not for comparison)",
+        **current("convert"), "quick": True, "mode": "quick (small sizes: noisy, not for comparison)",
         "repeats": 1, "measured_at": "2026-01-01T00:00:00", "machine": {"cpu": "X", "cores": 2},
         "settings": {"data": {"source": "real"}}, "ratio": 0.5,
         "ours": {"records_per_s": common.summarise([10.0])}, "theirs": {"records_per_s": common.summarise([20.0])},
@@ -105,7 +118,23 @@ def test_report_writes_from_result_files(tmp_path):
     common.write_result("convert", result, tmp_path)
     out = report.write(tmp_path, tmp_path / "BENCHMARKS.md")
     text = out.read_text(encoding="utf-8")
-    assert "Quick mode" in text and "| convert   | quick | 0.5" in text
+    assert "Quick mode" in text and "| convert   | M1      | `0123456789` | quick | 0.5" in text, text
+    assert "## Stale" not in text
+
+
+def test_a_result_of_another_spec_is_stale_and_kept_out_of_the_summary(tmp_path):
+    old = {"benchmark": "train", "bench_version": "1", "mode": "full", "repeats": 3,
+           "measured_at": "2026-11-22T16:47:12+0000", "machine": {"cpu": "Old CPU", "cores": 2}, "ratio": 9.9}
+    common.write_result("train", old, tmp_path)
+    common.write_result("convert", {**current("convert", eval_spec_version="0"), "mode": "full", "repeats": 1,
+                                    "measured_at": "2026-11-23", "machine": {"cpu": "X", "cores": 2}}, tmp_path)
+    text = report.write(tmp_path, tmp_path / "B.md").read_text(encoding="utf-8")
+    assert "## Summary" not in text and "9.9" not in text and "## train" not in text
+    stale = text.split("## Stale", 1)[1]
+    assert "`train`: 2026-11-22T16:47:12+0000, commit not recorded" in stale
+    assert "bench spec 1, the code's is " + common.specs("train")["bench_spec_version"] in stale
+    assert "`convert`: 2026-11-23, `0123456789`" in stale and "eval spec 0, the code's is" in stale
+    assert "/work" not in text and "shared/" not in text  # no path of any machine
 
 
 def test_precision_of_ours_follows_make_train(tmp_path):
@@ -119,6 +148,10 @@ def test_precision_of_ours_follows_make_train(tmp_path):
 
 
 def _train_result(with_fp32: bool) -> dict:
+    return {**current("train"), **_train_fields(with_fp32)}
+
+
+def _train_fields(with_fp32: bool) -> dict:
     def side(x: float) -> dict:
         return {"samples_per_s": common.summarise([x]), "tokens_per_s": common.summarise([x * 200])}
 
@@ -131,7 +164,7 @@ def _train_result(with_fp32: bool) -> dict:
     if with_fp32:
         scenario["ours_fp32"] = side(90.0)
         scenario["ratios"]["samples_per_s at equal precision (ours fp32)"] = 1.5
-    return {"benchmark": "train", "quick": False, "mode": "full", "repeats": 3, "measured_at": "2026-01-01T00:00:00",
+    return {"quick": False, "mode": "full", "repeats": 3, "measured_at": "2026-01-01T00:00:00",
             "machine": {"cpu": "X", "cores": 2}, "ratio": 2.0, "ratios": scenario["ratios"], "target_ratio": 1.5,
             "settings": {"model": "models/qwen2.5-0.5b-shape", "ours_precision": "bf16 autocast" if with_fp32 else "fp32"},
             "ours": scenario["ours"], "theirs": scenario["theirs"], "scenarios": {"project": scenario}}
@@ -146,9 +179,72 @@ def test_train_render_shows_the_fp32_side_and_the_equal_precision_ratio():
 
 def test_report_adds_the_gpu_section_and_the_equal_precision_ratio(tmp_path):
     common.write_result("train", _train_result(True), tmp_path)
-    common.write_result("train", _train_result(False), tmp_path / "gpu")
+    gpu = _train_result(False)
+    gpu["machine"] = {"cpu": "Y", "cores": 16, "gpu": ["NVIDIA H200 (143771 MiB)"]}
+    common.write_result("train", gpu, tmp_path / "gpu")
     text = report.write(tmp_path, tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
     assert "1.5 with ours in fp32 too" in text
-    assert "## train on a GPU" in text and "qwen2.5-0.5b-shape" in text
+    assert "## train on a GPU" in text and "qwen2.5-0.5b-shape" in text and "NVIDIA H200 (143771 MiB)" in text
     (tmp_path / "gpu" / "train.json").unlink()
     assert "## train on a GPU" not in report.write(tmp_path, tmp_path / "B2.md").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- every benchmark at --quick size, for real
+
+
+def test_setup_benchmark_times_make_setups_command(tmp_path):
+    cmd = bench_setup.setup_command(tmp_path / "venvs")
+    assert cmd[1:] == ["-m", "pipelines", "setup", "--venv-dir", str(tmp_path / "venvs")]
+    assert Path(cmd[0]).name.startswith("python") and ".venv" not in cmd[0]  # the system Python, as make setup
+    env = bench_setup.child_env(tmp_path, "pip", pypi_only=True)
+    assert env["PIPELINES_INSTALLER"] == "pip" and env["UV_CACHE_DIR"] == str(tmp_path / "cache-uv")
+    assert env["PIP_CONFIG_FILE"] == os.devnull and "VIRTUAL_ENV" not in env
+
+
+def test_train_options_verdict_and_overrides():
+    assert train_options.merged(["a=1", "b=2"], ["b=3", "c=4"]) == ["a=1", "b=3", "c=4"]
+    base = [{"samples_per_s": s, "train_loss_mean": loss} for s, loss in ((10, 2.00), (11, 2.02), (10.5, 2.01))]
+    fast = [{"samples_per_s": s, "train_loss_mean": loss} for s, loss in ((12, 2.01), (12.5, 2.00), (13, 2.02))]
+    assert train_options.verdict(base, fast)[0] is True
+    moved = [{**r, "train_loss_mean": r["train_loss_mean"] + 0.5} for r in fast]
+    assert train_options.verdict(base, moved)[0] is False
+    overlap = [{**r, "samples_per_s": 10.8} for r in fast]
+    assert train_options.verdict(base, overlap)[0] is False
+    assert train_options.verdict(base[:1], fast[:1])[0] is None
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory, tiny_base_dir):
+    """`python -m pipelines bench all --quick --repeats 1 --data sample` into a temporary results folder."""
+    out = tmp_path_factory.mktemp("bench")
+    results, md = out / "results", out / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "bench", "all", "--quick", "--repeats", "1",
+                           "--data", "sample", "--results-dir", str(results), "--report", str(md)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return results, md
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BENCHES)
+def test_quick_benchmark_runs_end_to_end_and_is_stamped(quick_results, name):
+    results, _ = quick_results
+    r = common.read_result(name, results)
+    assert r is not None, f"bench {name} wrote no result"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert r["commit"]["sha"] == head and isinstance(r["commit"]["dirty"], bool)
+    assert (r["bench_spec_version"], r["eval_spec_version"]) == (
+        common.specs(name)["bench_spec_version"], EVAL_SPEC_VERSION)
+    assert r["quick"] and r["repeats"] == 1 and r["machine"]["cores"] >= 1
+    assert isinstance(r["ratio"], float) and r["ratio"] > 0
+    assert report.stale_reason(r) is None
+
+
+@pytest.mark.slow
+def test_quick_report_holds_every_benchmark(quick_results):
+    _, md = quick_results
+    text = md.read_text(encoding="utf-8")
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    for name in BENCHES:
+        assert f"| {name} " in summary and f"\n## {name}\n" in text
+    assert "## Stale" not in text and "Quick mode" in text

@@ -21,8 +21,9 @@ except ImportError as e:  # fail, never skip: `make setup` installs xgrammar (re
     raise ImportError("`xgrammar` is not installed: tests/test_constrain.py checks the grammars with the engine "
                       "vLLM uses; run `make setup` (requirements/no-deps.txt).") from e
 
-from realdata import shared
+from realdata import real, shared
 
+from pipelines.common.paths import RAW_DIR
 from pipelines.data.converters import CLUENER_TYPES, cluener_entities, cluener_target
 from pipelines.eval import constrain
 from pipelines.eval.constrain import (
@@ -66,10 +67,31 @@ def cluener_rows() -> list[dict]:
     return rows["train"] + rows["dev"]
 
 
+@pytest.fixture(scope="module")
+def sample_rows() -> list[dict]:
+    """The bundled CLUENER sample (data/raw/cluener_sample): the bare-clone tier's share of the checks below."""
+    rows = []
+    for split in ("train", "dev"):
+        with (RAW_DIR / "cluener_sample" / f"{split}.json").open(encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f]
+    assert len(rows) == 1200
+    return rows
+
+
+@real
 @pytest.mark.parametrize("form", ["dict", "list"])
 def test_every_real_cluener_gold_answer_is_accepted_by_its_own_grammar(cluener_rows, form):
+    assert_gold_accepted(cluener_rows, form)
+
+
+@pytest.mark.parametrize("form", ["dict", "list"])
+def test_every_sample_gold_answer_is_accepted_by_its_own_grammar(sample_rows, form):
+    assert_gold_accepted(sample_rows, form)
+
+
+def assert_gold_accepted(rows: list[dict], form: str) -> None:
     refused_xgr, refused_py = [], []
-    for i, row in enumerate(cluener_rows):
+    for i, row in enumerate(rows):
         answer = cluener_target(cluener_entities(row["text"], row["label"]), form)
         if not accepts_ner(answer, row["text"], CLUENER_TYPES, form):
             refused_py.append(i)
@@ -78,6 +100,7 @@ def test_every_real_cluener_gold_answer_is_accepted_by_its_own_grammar(cluener_r
     assert (refused_xgr, refused_py) == ([], [])
 
 
+@real
 def test_a_gold_answer_is_refused_by_another_records_grammar(cluener_rows):
     first, second = cluener_rows[0], cluener_rows[1]
     answer = cluener_target(cluener_entities(first["text"], first["label"]))
@@ -239,9 +262,18 @@ def _mutations(answer: str, text: str) -> set[str]:
     return out
 
 
+@real
 @pytest.mark.parametrize("form", ["dict", "list"])
 def test_accepts_ner_agrees_with_xgrammar(cluener_rows, form):
-    rows = cluener_rows[-150:]  # the last dev rows
+    assert_checker_agrees(cluener_rows[-150:], form)  # the last dev rows
+
+
+@pytest.mark.parametrize("form", ["dict", "list"])
+def test_accepts_ner_agrees_with_xgrammar_on_the_sample(sample_rows, form):
+    assert_checker_agrees(sample_rows[-60:], form)
+
+
+def assert_checker_agrees(rows: list[dict], form: str) -> None:
     checked = accepted = 0
     for row in rows:
         text = row["text"]

@@ -94,20 +94,20 @@ def test_constrained_run_sends_structured_outputs_and_reports_both(tmp_path, ner
 
 def test_a_server_that_ignores_the_constraint_stops_after_the_probe(tmp_path, ner_val: Path):
     invent = {"adapter": lambda r: '{"name": ["不在文中的人"]}'}
-    with GoldEcho(ner_val, answers=invent) as srv:
-        with pytest.raises(EvalError, match=r"did not obey `structured_outputs` for `adapter`.*--constrain none"):
-            run_eval(srv.url, "cluener", ner_val, ["adapter"], tmp_path, retry=FAST_RETRY, progress=False,
-                     constrain="auto")
+    with GoldEcho(ner_val, answers=invent) as srv, \
+            pytest.raises(EvalError, match=r"did not obey `structured_outputs` for `adapter`.*--constrain none"):
+        run_eval(srv.url, "cluener", ner_val, ["adapter"], tmp_path, retry=FAST_RETRY, progress=False,
+                 constrain="auto")
     assert len(srv.completions) == constraints.PROBE  # seconds, not a whole run
     assert not (tmp_path / "metrics.json").exists()
 
 
 def test_a_server_that_refuses_the_grammar_says_so(tmp_path, ner_val: Path):
-    with GoldEcho(ner_val, reject_constrained=True) as srv:
-        with pytest.raises(EvalError, match=r"rejected record .* refused the `structured_outputs` grammar.*"
-                                            r"--constrain none"):
-            run_eval(srv.url, "cluener", ner_val, ["adapter"], tmp_path, retry=FAST_RETRY, progress=False,
-                     constrain="auto")
+    with GoldEcho(ner_val, reject_constrained=True) as srv, \
+            pytest.raises(EvalError, match=r"rejected record .* refused the `structured_outputs` grammar.*"
+                                           r"--constrain none"):
+        run_eval(srv.url, "cluener", ner_val, ["adapter"], tmp_path, retry=FAST_RETRY, progress=False,
+                 constrain="auto")
 
 
 def test_answers_are_reused_only_from_the_same_weights(tmp_path, ner_val: Path, capsys):
@@ -155,9 +155,8 @@ def test_numeric_options_are_range_checked_at_parse_time(tmp_path, args, message
 
 
 def test_data_the_task_cannot_score_is_refused_before_any_request(tmp_path):
-    with GoldEcho(GEN_DATA) as srv:
-        with pytest.raises(EvalError, match=r"not a JSON object or list.*--task ruozhiba"):
-            run_eval(srv.url, "cluener", GEN_DATA, ["base"], tmp_path, retry=FAST_RETRY, progress=False)
+    with GoldEcho(GEN_DATA) as srv, pytest.raises(EvalError, match=r"not a JSON object or list.*--task ruozhiba"):
+        run_eval(srv.url, "cluener", GEN_DATA, ["base"], tmp_path, retry=FAST_RETRY, progress=False)
     assert srv.completions == []
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from realdata import shared
+from realdata import real, shared
 
 from pipelines.common.paths import RAW_DIR, ROOT
 from pipelines.data import convert, samples
@@ -271,6 +271,7 @@ def entity_set(output: str) -> set[tuple[str, str]]:
     return {(item["label"], item["text"]) for item in value}
 
 
+@real
 @pytest.mark.parametrize("fmt", ["dict", "list"])
 def test_real_cluener_converts_every_record_with_its_entities(tmp_path, capsys, fmt):
     raw = shared("cluener2020")
@@ -289,6 +290,7 @@ def test_real_cluener_converts_every_record_with_its_entities(tmp_path, capsys, 
                        [e for es in json.loads(record["output"]).values() for e in es]) == len(expected)
 
 
+@real
 @pytest.mark.parametrize("file", ["ruozhiba_qa2449_gpt4o.json", "ruozhiba_qa2449_gpt4t.json"])
 def test_real_ruozhiba_converts_all_2449(tmp_path, capsys, file):
     rc, out, err = run(capsys, "ruozhiba", "--raw", shared("ruozhiba_gpt4", file), "--out-dir", tmp_path)
@@ -299,6 +301,7 @@ def test_real_ruozhiba_converts_all_2449(tmp_path, capsys, file):
     assert (len(train), len(val)) == (2204, 245)
 
 
+@real
 def test_real_huanhuan_dedupe_counts(tmp_path, capsys):
     raw = shared("huanhuan", "huanhuan.json")
     rc, out, err = run(capsys, "huanhuan", "--raw", raw, "--out-dir", tmp_path, "--dedupe")

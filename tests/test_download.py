@@ -11,8 +11,10 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import realdata
 from realdata import shared
 
+from pipelines.common.paths import SHARED
 from pipelines.data import download
 from pipelines.data.download import DownloadError
 
@@ -98,7 +100,7 @@ def test_main_with_env_url_and_no_verify(server, tmp_path, monkeypatch, capsys):
     (root / "c.zip").write_bytes(make_zip(FAKE, prefix=""))
     monkeypatch.setenv("CLUENER_URL", f"{url}/c.zip")
     assert download.main(["--out", str(tmp_path), "--only", "cluener", "--no-verify"]) == 0
-    assert (tmp_path / "cluener2020" / "dev.json").read_bytes() == FAKE["dev.json"]
+    assert (tmp_path / "datasets" / "cluener2020" / "dev.json").read_bytes() == FAKE["dev.json"]
     # with verification on, the official checksums reject the fake files
     assert download.main(["--out", str(tmp_path / "v"), "--only", "cluener"]) == 1
     assert "has sha256" in capsys.readouterr().err
@@ -121,6 +123,7 @@ def test_unknown_source_is_refused(capsys):
     assert "`--only imdb` is unknown" in capsys.readouterr().err
 
 
+@realdata.real
 def test_pinned_checksums_accept_the_reference_copies(server, tmp_path, capsys):
     """The real files, zipped and served locally, pass `make download`'s own checksums end to end."""
     root, url = server
@@ -128,8 +131,18 @@ def test_pinned_checksums_accept_the_reference_copies(server, tmp_path, capsys):
     (root / "cluener_public.zip").write_bytes(make_zip(real))
     for name in download.RUOZHIBA_SHA256:
         (root / name).write_bytes(shared("ruozhiba_gpt4", name).read_bytes())
+    for files in download.PINNED_FILES.values():  # the pinned files under their GitHub paths
+        for local, (remote, _) in files.items():
+            (root / remote).parent.mkdir(parents=True, exist_ok=True)
+            (root / remote).write_bytes(SHARED.joinpath(local).read_bytes())
     assert download.main(["--out", str(tmp_path), "--cluener-url", f"{url}/cluener_public.zip",
-                          "--ruozhiba-url", url]) == 0
-    assert (tmp_path / "cluener2020" / "train.json").read_bytes() == real["train.json"]
-    assert len((tmp_path / "cluener2020" / "train.json").read_text().splitlines()) == 10748
-    assert all((tmp_path / "ruozhiba_gpt4" / n).is_file() for n in download.RUOZHIBA_SHA256)
+                          "--ruozhiba-url", url, "--github-url", url]) == 0
+    data = tmp_path / "datasets"
+    assert (data / "cluener2020" / "train.json").read_bytes() == real["train.json"]
+    assert len((data / "cluener2020" / "train.json").read_text().splitlines()) == 10748
+    assert all((data / "ruozhiba_gpt4" / n).is_file() for n in download.RUOZHIBA_SHA256)
+    # the folder is one that `make test-real` accepts as PIPELINES_SHARED
+    assert (data / "huanhuan" / "huanhuan.json").is_file()
+    assert (tmp_path / "deploy" / "compose-spec" / "compose-spec.json").is_file()
+    assert (tmp_path / "deploy" / "vllm-stack" / "values.schema.json").is_file()
+    assert not realdata.missing(tmp_path)

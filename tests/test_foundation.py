@@ -106,7 +106,7 @@ def test_setup_installed_the_locks():
                 "d.metadata['Name']).lower(): d.version for d in m.distributions()}))")
         out = subprocess.run([str(venv_bin(venv, "python")), "-c", code], capture_output=True, text=True, timeout=120)
         got = json.loads(out.stdout)
-        norm = lambda pin: re.sub(r"[-_.]+", "-", pin.split("==")[0].split("[")[0]).lower()  # noqa: E731
+        norm = lambda pin: re.sub(r"[-_.]+", "-", pin.split("==")[0].split("[")[0]).lower()
         wrong = [p for p in pins if got.get(norm(p)) != p.split("==")[1]]
         assert not wrong, f"{venv.name} differs from {lock}: {wrong[:10]}"
 

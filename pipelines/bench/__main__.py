@@ -1,4 +1,5 @@
-"""`python -m pipelines bench [train|eval|convert|all|report|setup] [--repeats 3] [--quick]` (see `pipelines.bench`)."""
+"""`python -m pipelines bench [train|train_options|eval|convert|constrained|all|report|setup] [--repeats 3] [--quick]`
+(see `pipelines.bench`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from pipelines.bench import common
 
-BENCHES = ("train", "eval", "convert", "constrained")
+BENCHES = ("train", "train_options", "eval", "convert", "constrained")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -30,6 +32,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", default="auto", choices=["auto", "real", "sample"],
                     help="CLUENER: the real set in ../shared/datasets when present (auto), or the bundled sample")
     ap.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR, help="where <name>.json go")
+    ap.add_argument("--report", type=Path, help="where the report goes (default: BENCHMARKS.md)")
     ap.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, adapters) and print it")
     ap.add_argument("--threads", type=int,
                     help="OMP_NUM_THREADS for every process (both sides and the server; default: the usable cores). "
@@ -70,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.which == "report":
         from pipelines.bench import report
 
-        print(f"wrote {report.write(args.results_dir)}")
+        print(f"wrote {report.write(args.results_dir, args.report or report.OUT)}")
         return 0
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # lfcli.cli_env and the serve launcher keep it
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.which in ("all", "setup"):
             from pipelines.bench import report
 
-            print(f"wrote {report.write(args.results_dir)}")
+            print(f"wrote {report.write(args.results_dir, args.report or report.OUT)}")
     finally:
         if args.keep_work:
             print(f"work folder kept: {work}")
@@ -105,12 +108,21 @@ def _run(name: str, args: argparse.Namespace, work: Path):
     if name == "train":
         from pipelines.bench import train
 
+        options: dict[str, Any] = {}
+        if args.train_model:
+            options["model"] = args.train_model
+        if args.train_scenario:
+            options["scenarios"] = tuple(args.train_scenario)
         r = train.bench(work, repeats=args.repeats, quick=args.quick, samples=args.train_samples,
                         epochs=args.train_epochs, data_source=args.data, max_source=args.max_source,
-                        max_target=args.max_target, group_by_length=not args.no_group_by_length,
-                        **({"model": args.train_model} if args.train_model else {}),
-                        **({"scenarios": tuple(args.train_scenario)} if args.train_scenario else {}))
+                        max_target=args.max_target, group_by_length=not args.no_group_by_length, **options)
         return r, train.render(r)
+    if name == "train_options":
+        from pipelines.bench import train_options
+
+        r = train_options.bench(work, repeats=args.repeats, quick=args.quick, samples=args.train_samples,
+                                data_source=args.data, **({"model": args.train_model} if args.train_model else {}))
+        return r, train_options.render(r)
     if name == "eval":
         from pipelines.bench import eval as ev
 
@@ -131,7 +143,7 @@ def _run(name: str, args: argparse.Namespace, work: Path):
     from pipelines.bench import convert
 
     r = convert.bench(work, repeats=args.repeats, quick=args.quick, launches=args.launches, port=args.port,
-                      adapter=args.adapter)
+                      adapter=args.adapter, data_source=args.data)
     return r, convert.render(r)
 
 

@@ -9,17 +9,19 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from pipelines.common.io import write_json
 from pipelines.common.paths import ROOT
 
 RESULTS_DIR = ROOT / "bench" / "results"
-#: Bump when a benchmark changes what it measures: results of different versions do not compare.
-BENCH_VERSION = "1"
+#: Each benchmark's own spec version (`BENCH_SPEC` in its module), bumped when its method changes: a result of
+#: another version, or of another eval spec (`pipelines.eval.evaluate.EVAL_SPEC_VERSION`), is stale
+#: (`pipelines.bench.report` lists it apart and never in the summary).
 
 
 # ---------------------------------------------------------------- pure: summaries and tables
@@ -85,7 +87,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A Markdown table (which also reads well in a terminal)."""
     rows = [[c if isinstance(c, str) else fmt(c) for c in r] for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
@@ -127,7 +129,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        cores = len(os.sched_getaffinity(0))
+        cores: int | None = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
     vllm_version = None
@@ -150,14 +152,52 @@ def machine() -> dict[str, Any]:
         "llamafactory": _version("llamafactory"),
         "vllm": vllm_version,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "gpu": _gpus(),
     }
 
 
+def _gpus() -> list[str]:
+    """`name (memory)` of each CUDA GPU nvidia-smi lists; empty without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return [" (".join(part.strip() for part in line.split(",", 1)) + ")" for line in out.stdout.splitlines() if line]
+
+
+def commit() -> dict[str, Any]:
+    """The code a result was measured on: `git rev-parse HEAD` and whether the tree had uncommitted changes."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": None if status is None else bool(status)}
+
+
+def specs(name: str) -> dict[str, str]:
+    """The spec versions a result of benchmark `name` is measured at: its own and the evaluator's."""
+    import importlib
+
+    from pipelines.eval.evaluate import EVAL_SPEC_VERSION
+
+    module = importlib.import_module(f"pipelines.bench.{name}")
+    return {"bench_spec_version": str(module.BENCH_SPEC), "eval_spec_version": EVAL_SPEC_VERSION}
+
+
 def envelope(name: str, *, quick: bool, repeats: int, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The common head of a result file."""
+    """The common head of a result file: what, at which spec versions, on which commit and machine."""
     return {
         "benchmark": name,
-        "bench_version": BENCH_VERSION,
+        **specs(name),
+        "commit": commit(),
         "mode": "quick (small sizes: noisy, not for comparison)" if quick else "full",
         "quick": quick,
         "repeats": repeats,

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipelines.bench import common, server
 from pipelines.bench.data import prepare
@@ -25,6 +26,9 @@ from pipelines.common.paths import ROOT, TINY_BASE, rel
 CONCURRENCY = (1, 16, 64)
 QUICK_CONCURRENCY = (1, 16)
 QUICK_N = 32
+
+#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+BENCH_SPEC = "2"
 
 
 def make_all_adapter(echo=print) -> Path | None:
@@ -130,10 +134,10 @@ def bench(work: Path, *, repeats: int, quick: bool, adapter: str | None = None, 
                     echo(f"constrained: repeat {i + 1}/{repeats} c={c} {side}: {r['prompts_per_s']:.2f} prompts/s, "
                          f"p50 {r['p50_latency_ms']:.0f} ms, {r['mean_output_tokens']:.1f} tokens/answer")
     costs = grammar_costs(records)
-    per_c = {}
-    for c, sides in runs.items():
+    per_c: dict[str, dict[str, Any]] = {}
+    for level, sides in runs.items():
         plain, con = common.summarise_runs(sides["plain"]), common.summarise_runs(sides["constrained"])
-        per_c[c] = {"plain": plain, "constrained": con,
+        per_c[level] = {"plain": plain, "constrained": con,
                     "ratio": common.ratio(common.median_of(con, "prompts_per_s"), common.median_of(plain, "prompts_per_s")),
                     "runs": sides}
     top = str(max(levels))

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.bench import common, server
-from pipelines.bench.data import REAL_CLUENER, SAMPLE_CLUENER, prepare
+from pipelines.bench.data import pick_raw, prepare
+
+#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+BENCH_SPEC = "2"
 
 
 def ours(raw: Path, work: Path, tag: str) -> dict[str, Any]:
@@ -40,11 +43,12 @@ def theirs(raw: Path, work: Path, tag: str) -> dict[str, Any]:
 
 
 def bench(work: Path, *, repeats: int, quick: bool, launches: int | None = None, port: int | None = None,
-          adapter: str | None = None, echo=print) -> dict[str, Any]:
-    raw = REAL_CLUENER if (REAL_CLUENER / "train.json").is_file() else SAMPLE_CLUENER
-    source = "real" if raw == REAL_CLUENER else "sample (the real set is missing)"
+          adapter: str | None = None, data_source: str = "auto", echo=print) -> dict[str, Any]:
+    kind, raw = pick_raw(data_source)
+    source = "real" if kind == "real" else f"sample ({'asked for' if data_source == 'sample' else 'the real set is missing'})"
     echo(f"convert: {source} CLUENER from {raw}, {repeats} repeat(s)")
-    ours_runs, their_runs = [], []
+    ours_runs: list[dict[str, Any]] = []
+    their_runs: list[dict[str, Any]] = []
     for i in range(repeats):
         for side in (("ours", "theirs") if i % 2 == 0 else ("theirs", "ours")):
             r = ours(raw, work, str(i)) if side == "ours" else theirs(raw, work, str(i))

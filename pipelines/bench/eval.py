@@ -24,9 +24,10 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 import pipelines_vllm_plugin as vllm_cpu_lora
 from pipelines.bench import common, server
@@ -39,6 +40,9 @@ CONCURRENCY = (1, 4, 16, 64)
 FULL_N = 200
 QUICK_N = 32
 WARMUP = 8
+
+#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+BENCH_SPEC = "2"
 
 
 # ---------------------------------------------------------------- ours: the evaluator's send path
@@ -64,12 +68,12 @@ class TimedClient:
 
 def fixed_requests(records: Sequence[dict], max_tokens: int) -> list[tuple[str, str, dict]]:
     """(id, key, request) items as the evaluator builds them, plus `ignore_eos` so every answer has max_tokens."""
-    from pipelines.eval import evaluate as ev
+    from pipelines.eval.prompts import build_request, request_key
 
     items = []
     for r in records:
-        q = {**ev.build_request(r, max_tokens), "extra_body": {"ignore_eos": True}}
-        items.append((r["id"], ev.request_key(q), q))
+        q = {**build_request(r, max_tokens), "extra_body": {"ignore_eos": True}}
+        items.append((r["id"], request_key(q), q))
     return items
 
 
@@ -121,7 +125,7 @@ def ours_run_eval(base_url: str, prompts: Path, n: int, concurrency: int, out: P
 # ---------------------------------------------------------------- vllm bench serve
 
 
-def prompt_shape(records: Sequence[dict]) -> dict[str, int]:
+def prompt_shape(records: Sequence[dict]) -> dict[str, float]:
     """Token lengths that make `vllm bench serve --dataset-name random` send prompts shaped like ours.
 
     Ours share a long prefix (system + instruction); vLLM caches it, so the random prompts get the same shared
@@ -130,10 +134,10 @@ def prompt_shape(records: Sequence[dict]) -> dict[str, int]:
     """
     from transformers import AutoTokenizer
 
-    from pipelines.eval import evaluate as ev
+    from pipelines.data.records import build_messages
 
     tok = AutoTokenizer.from_pretrained(TINY_BASE)
-    ids = [tok.apply_chat_template(ev.build_messages(r), tokenize=True, add_generation_prompt=True) for r in records]
+    ids = [tok.apply_chat_template(build_messages(r), tokenize=True, add_generation_prompt=True) for r in records]
     ids = [list(x["input_ids"]) if isinstance(x, dict) or hasattr(x, "keys") else list(x) for x in ids]
     common_prefix = len(ids[0])
     for x in ids[1:]:
@@ -149,11 +153,12 @@ def prompt_shape(records: Sequence[dict]) -> dict[str, int]:
     n_post = len(tok(post, add_special_tokens=False)["input_ids"])
     prefix = max(0, common_prefix - n_pre)
     rest = max(1, round(mean_len - n_pre - n_post) - prefix)
-    return {"mean_prompt_tokens": round(mean_len, 1), "shared_prefix_tokens": common_prefix,
+    shape: dict[str, float] = {"mean_prompt_tokens": round(mean_len, 1), "shared_prefix_tokens": common_prefix,
             "random_prefix_len": prefix, "random_input_len": rest, "template_tokens": n_pre + n_post}
+    return shape
 
 
-def vllm_bench(root_url: str, shape: dict[str, int], n: int, concurrency: int, work: Path, tag: str) -> dict[str, Any]:
+def vllm_bench(root_url: str, shape: dict[str, float], n: int, concurrency: int, work: Path, tag: str) -> dict[str, Any]:
     out_name = f"vllm-bench-{tag}.json"
     cmd = [str(venv_bin(VENV_VLLM, "vllm")), "bench", "serve", "--backend", "openai-chat", "--base-url", root_url,
            "--endpoint", "/v1/chat/completions", "--model", server.ADAPTER_NAME, "--tokenizer", str(Path(TINY_BASE)),
@@ -238,7 +243,7 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
                         continue
                     echo(f"eval: repeat {i + 1}/{repeats} c={c} {side}: {r['prompts_per_s']:.2f} prompts/s, "
                          f"p50 {r['p50_latency_ms']:.0f} ms, {r['mean_output_tokens']:.1f} tokens/answer")
-        best = max(levels, key=lambda c: common.median_of(common.summarise_runs(ours[c]), "prompts_per_s"))
+        best = max(levels, key=lambda c: common.median_of(common.summarise_runs(ours[c]), "prompts_per_s") or 0.0)
         for i in range(repeats):
             r = ours_run_eval(srv.base_url, prompts, n, best, work / f"run-eval-{i}")
             run_eval_runs.append(r)
@@ -257,7 +262,7 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
              f"p50 {r['p50_latency_ms']:.0f} ms, {r['mean_output_tokens']:.1f} tokens/answer")
 
     theirs = common.summarise_runs(theirs_runs)
-    per_c = {}
+    per_c: dict[str, dict[str, Any]] = {}
     for c in levels:
         o = common.summarise_runs(ours[c])
         v = common.summarise_runs(vb[c]) if vb[c] else None

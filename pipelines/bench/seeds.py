@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 IGNORE_INDEX = -100
 #: The seeds' CLUENER lengths for Qwen2.5-0.5B (SEEDS.md); `max_source` is re-derived for our longer prompts.
@@ -89,14 +90,14 @@ def convert_cluener(raw_dir: Path, out_dir: Path, types: Sequence[str]) -> int:
 
 def load_records(path: str | Path, n: int) -> list[dict[str, str]]:
     """The first `n` alpaca records of `path` (LLaMA-Factory's `max_samples` takes the first ones too)."""
-    from pipelines.eval.evaluate import load_records as load
+    from pipelines.data.records import load_records as load
 
     return load(path, n)
 
 
 def prompt_text(tokenizer: Any, record: dict[str, str]) -> str:
     """The record's prompt rendered with the model's chat template, as the evaluator sends it (system + user)."""
-    from pipelines.eval.evaluate import build_messages
+    from pipelines.data.records import build_messages
 
     return tokenizer.apply_chat_template(build_messages(record), tokenize=False, add_generation_prompt=True)
 

@@ -43,6 +43,14 @@ TARGETS = {"uv cold": 90, "uv warm": 20}
 _LIST = ("import importlib.metadata as m, json; "
          "print(json.dumps(sorted(f\"{d.metadata['Name'].lower()}=={d.version}\" for d in m.distributions())))")
 
+#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+BENCH_SPEC = "2"
+
+
+def setup_command(venvs: Path) -> list[str]:
+    """The command each side times: `make setup`'s, into a folder of its own."""
+    return [system_python(), "-m", "pipelines", "setup", "--venv-dir", str(venvs)]
+
 
 def system_python() -> str:
     """The interpreter `make setup` runs on (`python3`, not a venv's), even when the benchmark runs in .venv."""
@@ -112,8 +120,7 @@ def bench(work: Path, repeats: int = 1, quick: bool = False, echo=print) -> dict
                 elif phase == "warm":
                     shutil.rmtree(venvs, ignore_errors=True)
                 echo(f"bench setup: {installer} {phase} (repeat {rep + 1}/{repeats}) …")
-                cmd = [system_python(), "-m", "pipelines", "setup", "--venv-dir", str(venvs)]
-                run = common.run_child(cmd, work / f"{installer}-{rep}-{phase}.log", env=child_env(side, installer),
+                run = common.run_child(setup_command(venvs), work / f"{installer}-{rep}-{phase}.log", env=child_env(side, installer),
                                        cwd=ROOT, timeout=3600)
                 common.check_child(run, f"`python3 -m pipelines setup` with {installer} ({phase})")
                 _check(phase, installer, run.log)
@@ -124,7 +131,7 @@ def bench(work: Path, repeats: int = 1, quick: bool = False, echo=print) -> dict
                 echo(f"  {run.seconds:.1f} s")
         side = work / f"uv-pypi-{rep}"
         echo(f"bench setup: uv cold from PyPI, no local mirrors (repeat {rep + 1}/{repeats}) …")
-        run = common.run_child([system_python(), "-m", "pipelines", "setup", "--venv-dir", str(side / "venvs")],
+        run = common.run_child(setup_command(side / "venvs"),
                                work / f"uv-{rep}-{PYPI}.log", env=child_env(side, "uv", pypi_only=True), cwd=ROOT,
                                timeout=3600)
         common.check_child(run, "`python3 -m pipelines setup` with uv (cold from PyPI)")

@@ -28,8 +28,8 @@ from pipelines.bench import common, seeds
 from pipelines.bench.data import prepare
 from pipelines.common import lfcli
 from pipelines.common.device import has_cuda
+from pipelines.common.flags import config_flag
 from pipelines.common.paths import ROOT, TINY_BASE, rel
-from pipelines.train import check
 from pipelines.train import launch as lftrain
 
 DEFAULT_CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
@@ -37,6 +37,9 @@ FULL = {"samples": 480, "epochs": 1}
 QUICK = {"samples": 64, "epochs": 1}
 BATCH = 16
 LR = 1e-4
+
+#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+BENCH_SPEC = "2"
 
 
 def ours_overrides(*, model: str, data_dir: Path, out_dir: Path, samples: int, epochs: int,
@@ -145,7 +148,7 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
     lora = lora_settings(config)
     cuda = has_cuda()
     precision = precision_overrides(config, cuda)
-    ours_bf16 = "bf16=false" not in precision and check.truthy(_config(config).get("bf16"))
+    ours_bf16 = "bf16=false" not in precision and config_flag(_config(config), "bf16")
     echo(f"train: {samples} samples x {epochs} epoch(s), batch {BATCH}, LoRA r{lora['rank']}, "
          f"{data.source} CLUENER ({data.train_records} train records), {repeats} repeat(s)")
     per: dict[str, Any] = {}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 
-def has_cuda(env: dict[str, str] | None = None) -> bool:
+def has_cuda(env: Mapping[str, str] | None = None) -> bool:
     """True when an NVIDIA GPU is usable on this machine.
 
     `PIPELINES_DEVICE=cpu|cuda` forces the answer; otherwise `nvidia-smi -L` must run and list a GPU.

@@ -16,8 +16,7 @@ VENV = ROOT / ".venv"
 VENV_VLLM = ROOT / ".venv-vllm"
 DATA_DIR = ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"
-SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
-#: Where `make download` puts the real data sets (git-ignored).
+#: Where `make download` puts the real data sets (`datasets/`) and the deployment schemas (`deploy/`); git-ignored.
 DOWNLOADS_DIR = ROOT / "downloads"
 
 
@@ -25,6 +24,27 @@ def resolve(path: str | Path, base: Path = ROOT) -> Path:
     """A path from a config or the command line: absolute as is, else relative to the repository root."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else base / p
+
+
+#: The folder `make test-real` and the real-data benchmarks read: `datasets/` and `deploy/` inside it.
+#: `PIPELINES_SHARED=DIR` names it; else ../shared beside the repository (CI), else what `make download` fetched.
+SHARED_ENV = "PIPELINES_SHARED"
+
+
+def shared_root(environ: dict[str, str] | None = None) -> Path:
+    """The folder holding `datasets/` and `deploy/` (see SHARED_ENV); it may not exist (a bare clone)."""
+    named = (os.environ if environ is None else environ).get(SHARED_ENV)
+    if named:
+        return resolve(named)
+    beside = ROOT.parent / "shared"
+    if (beside / "datasets").is_dir() or not (DOWNLOADS_DIR / "datasets").is_dir():
+        return beside
+    return DOWNLOADS_DIR
+
+
+SHARED = shared_root()
+SHARED_DATASETS = SHARED / "datasets"
+SHARED_DEPLOY = SHARED / "deploy"
 
 
 def rel(path: str | Path) -> str:

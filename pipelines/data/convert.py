@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -313,7 +314,7 @@ def convert(name: str, raw: Path, out_dir: Path, *, fmt: str = "dict", on_error:
     if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
         raise ConvertError(f"`--out-dir {out_dir}` is not writable; fix its permissions or choose another folder.")
     report = Report(name)
-    options = dict(fmt=fmt, on_error=on_error, dedupe=dedupe)
+    options: dict[str, Any] = dict(fmt=fmt, on_error=on_error, dedupe=dedupe)
     seen = Seen()  # for cluener, repeats across train and dev count too: dev must not leak into train
     if conv.layout == "cluener":
         if val_size is not None:

@@ -1,16 +1,21 @@
-"""`make download`: fetch the real data sets on a connected machine, verified by sha256.
+"""`make download`: fetch the real data sets and the deployment schemas on a connected machine, verified by sha256.
 
-    python -m pipelines download [--out downloads] [--only cluener,ruozhiba] [--cluener-url URL]
-                                 [--ruozhiba-url BASE] [--timeout S] [--no-verify]
+    python -m pipelines download [--out downloads] [--only cluener,ruozhiba,huanhuan,schemas] [--cluener-url URL]
+                                 [--ruozhiba-url BASE] [--github-url BASE] [--timeout S] [--no-verify]
 
-* CLUENER2020: the official `cluener_public.zip`, unzipped into `OUT/cluener2020/` (train, dev, test, README).
-* hfl/ruozhiba_gpt4: `ruozhiba_qa2449_gpt4o.json` and `…_gpt4t.json` from the Hugging Face hub into
-  `OUT/ruozhiba_gpt4/`.
+Into OUT (default `downloads/`), laid out as `make test-real` reads it (`PIPELINES_SHARED=downloads`):
 
-Every file is checked against the sha256 recorded with the project's reference copies
-(`../shared/datasets/*/SOURCE.md`); a file already present with the right checksum is not fetched again.
-`CLUENER_URL` / `RUOZHIBA_URL` (environment) or the flags point it elsewhere, e.g. at a mirror.
-Then: `make data CLUENER_DIR=downloads/cluener2020 RUOZHIBA_FILE=downloads/ruozhiba_gpt4/ruozhiba_qa2449_gpt4o.json`.
+* `datasets/cluener2020/`: the official `cluener_public.zip`, unzipped (train, dev, test, README).
+* `datasets/ruozhiba_gpt4/`: hfl/ruozhiba_gpt4's `ruozhiba_qa2449_gpt4o.json` and `…_gpt4t.json` (Hugging Face hub).
+* `datasets/huanhuan/huanhuan.json`: KMnO4-zx/huanhuan-chat at a pinned commit.
+* `deploy/compose-spec/compose-spec.json` and `deploy/vllm-stack/values.schema.json`: the deployment targets'
+  official schemas at pinned commits (compose-spec, vllm-project/production-stack's chart 0.1.12).
+
+Every file is checked against the sha256 recorded with the project's reference copies; a file already present
+with the right checksum is not fetched again. `CLUENER_URL` / `RUOZHIBA_URL` (environment) or the flags point it
+elsewhere, e.g. at a mirror. Then: `make data CLUENER_DIR=downloads/datasets/cluener2020
+RUOZHIBA_FILE=downloads/datasets/ruozhiba_gpt4/ruozhiba_qa2449_gpt4o.json`, and `PIPELINES_SHARED=downloads make
+test-real`.
 """
 
 from __future__ import annotations
@@ -33,18 +38,35 @@ CLUENER_URL = "https://storage.googleapis.com/cluebenchmark/tasks/cluener_public
 RUOZHIBA_URL = "https://huggingface.co/datasets/hfl/ruozhiba_gpt4/resolve/main"
 
 # From ../shared/datasets/cluener2020/SOURCE.md (train 10748 lines, dev 1343, test 1345).
-CLUENER_SHA256 = {
+CLUENER_SHA256: dict[str, str | None] = {
     "train.json": "60299d202779dc84f3c3bd81f4dc08f5323d0dbf762cb50cd62dd51aa9a871f8",
     "dev.json": "90036b59832e007c45d11eafe5ed80549f58a18a29aaa7fe8b1229622c69ec38",
     "test.json": "5ca36f6fbe29230a6e3244110fcd9487fc2f5a672f5bfeba82a30f0ece72aa69",
 }
 CLUENER_OPTIONAL = ("README.md",)  # extracted when present, not verified
 # From ../shared/datasets/ruozhiba_gpt4/SOURCE.md (2449 records each; the publisher's GitHub copies).
-RUOZHIBA_SHA256 = {
+RUOZHIBA_SHA256: dict[str, str | None] = {
     "ruozhiba_qa2449_gpt4o.json": "ea80d2a2798c77e5a3f0e9cb3d8da0cc203a5bf1a26e264ce7cebbe171257983",
     "ruozhiba_qa2449_gpt4t.json": "46b02031f83877c7fb9f2c1eca427361a54f81a3e859a3335d98370de0f8cd12",
 }
-SOURCES = ("cluener", "ruozhiba")
+#: Single files at pinned commits: source -> {path under OUT: (path under GITHUB_RAW, sha256)}.
+GITHUB_RAW = "https://raw.githubusercontent.com"
+PINNED_FILES: dict[str, dict[str, tuple[str, str]]] = {
+    "huanhuan": {  # KMnO4-zx/huanhuan-chat, dataset/train/lora/huanhuan.json (3729 records)
+        "datasets/huanhuan/huanhuan.json": (
+            "KMnO4-zx/huanhuan-chat/2d6c72909d6c3b35e3435cd7ce5658306737bfbd/dataset/train/lora/"
+            "huanhuan.json", "1a0172c731eee506fb58f888f5efd953f7bb183f416affecbe3f93dbb9596a34"),
+    },
+    "schemas": {
+        "deploy/compose-spec/compose-spec.json": (
+            "compose-spec/compose-spec/170098ba07d9f53c383a41bfd4c5166b0a4529a6/schema/compose-spec.json",
+            "1f91e091f16b2dd50ab8860e02bb391d22df553d91c145eacedb1b6eff9c3f0e"),
+        "deploy/vllm-stack/values.schema.json": (
+            "vllm-project/production-stack/a6c01db05f65f556235413ba8dbcfb0c01132fff/helm/"
+            "values.schema.json", "c6f98c9146c09e4ef01609afb9a1667da1694de3ca4d84247c942d875622a86a"),
+    },
+}
+SOURCES = ("cluener", "ruozhiba", *PINNED_FILES)
 
 
 class DownloadError(Exception):
@@ -100,7 +122,7 @@ def unzip_members(archive: bytes, origin: str, wanted: tuple[str, ...]) -> dict[
 
 def download_cluener(out_dir: Path, url: str = CLUENER_URL, *, expected: dict[str, str | None] | None = None,
                      timeout: float = 60.0) -> list[Path]:
-    """Fetch and unzip CLUENER into `out_dir` (e.g. `downloads/cluener2020`), verified; returns the files."""
+    """Fetch and unzip CLUENER into `out_dir` (e.g. `downloads/datasets/cluener2020`), verified; returns the files."""
     expected = CLUENER_SHA256 if expected is None else expected
     if _present(out_dir, expected):
         print(f"cluener: {out_dir} already holds verified {', '.join(expected)}")
@@ -122,7 +144,7 @@ def download_cluener(out_dir: Path, url: str = CLUENER_URL, *, expected: dict[st
 
 def download_ruozhiba(out_dir: Path, base_url: str = RUOZHIBA_URL, *,
                       expected: dict[str, str | None] | None = None, timeout: float = 60.0) -> list[Path]:
-    """Fetch the hfl/ruozhiba_gpt4 files into `out_dir` (e.g. `downloads/ruozhiba_gpt4`), verified."""
+    """Fetch the hfl/ruozhiba_gpt4 files into `out_dir` (e.g. `downloads/datasets/ruozhiba_gpt4`), verified."""
     expected = RUOZHIBA_SHA256 if expected is None else expected
     written = []
     for name, digest in expected.items():
@@ -139,6 +161,25 @@ def download_ruozhiba(out_dir: Path, base_url: str = RUOZHIBA_URL, *,
     return written
 
 
+def download_pinned(out: Path, files: dict[str, tuple[str, str]], base_url: str = GITHUB_RAW, *,
+                    verify_sha: bool = True, timeout: float = 60.0) -> list[Path]:
+    """Fetch each `{path under out: (path under base_url, sha256)}` not already there with its checksum."""
+    written = []
+    for name, (remote, digest) in files.items():
+        url = f"{base_url.rstrip('/')}/{remote}"
+        path = out / name
+        expected = digest if verify_sha else None
+        if _present(path.parent, {path.name: digest}):
+            print(f"download: {path} already present and verified")
+        else:
+            data = fetch(url, timeout=timeout)
+            verify(path.name, data, expected, url)
+            atomic_write(path, data, mode=0o644)
+            print(f"download: {path}" + (" (sha256 verified)" if expected else ""))
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines download", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DOWNLOADS_DIR, help=f"default: {DOWNLOADS_DIR}")
@@ -146,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cluener-url", default=os.environ.get("CLUENER_URL", CLUENER_URL))
     parser.add_argument("--ruozhiba-url", default=os.environ.get("RUOZHIBA_URL", RUOZHIBA_URL),
                         help="base URL the two file names are appended to")
+    parser.add_argument("--github-url", default=os.environ.get("GITHUB_RAW_URL", GITHUB_RAW),
+                        help="base URL of the pinned huanhuan file and the schemas (`owner/repo/commit/path` appended)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     parser.add_argument("--no-verify", action="store_true", help="accept files whose sha256 differs")
     args = parser.parse_args(argv)
@@ -157,11 +200,14 @@ def main(argv: list[str] | None = None) -> int:
     drop = (lambda d: dict.fromkeys(d)) if args.no_verify else (lambda d: d)
     try:
         if "cluener" in only:
-            download_cluener(args.out / "cluener2020", args.cluener_url, expected=drop(CLUENER_SHA256),
+            download_cluener(args.out / "datasets" / "cluener2020", args.cluener_url, expected=drop(CLUENER_SHA256),
                              timeout=args.timeout)
         if "ruozhiba" in only:
-            download_ruozhiba(args.out / "ruozhiba_gpt4", args.ruozhiba_url, expected=drop(RUOZHIBA_SHA256),
+            download_ruozhiba(args.out / "datasets" / "ruozhiba_gpt4", args.ruozhiba_url, expected=drop(RUOZHIBA_SHA256),
                               timeout=args.timeout)
+        for source, files in PINNED_FILES.items():
+            if source in only:
+                download_pinned(args.out, files, args.github_url, verify_sha=not args.no_verify, timeout=args.timeout)
     except DownloadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -102,7 +102,8 @@ _SLOT = re.compile(r"\{([a-z]+)(\d?)\}")
 def _cluener_line(rng: random.Random, template: str) -> dict:
     """Fill `template`, tracking every span; the label lists each entity once, its spans in text order."""
     chosen: dict[str, str] = {}  # slot -> entity
-    text, label = "", {}
+    text = ""
+    label: dict[str, dict[str, list[list[int]]]] = {}  # type -> entity -> [start, end] spans
     pos = 0
     for m in _SLOT.finditer(template):
         text += template[pos:m.start()]
@@ -125,7 +126,7 @@ def cluener_lines(seed: int, sizes: tuple[int, ...]) -> list[list[dict]]:
     seen: set[str] = set()
     splits = []
     for n in sizes:
-        rows = []
+        rows: list[dict] = []
         while len(rows) < n:
             row = _cluener_line(rng, rng.choice(TEMPLATES))
             if len(row["text"]) <= MAX_TEXT_CHARS and row["text"] not in seen:
@@ -138,7 +139,7 @@ def cluener_lines(seed: int, sizes: tuple[int, ...]) -> list[list[dict]]:
 # --------------------------------------------------------------------------------------------------- ruozhiba
 # Each pattern: a question template, a fill list of (x, y) pairs and an answer template. The answers follow a
 # fixed shape per pattern, so a tiny model can learn the shape even where it cannot learn the facts.
-RUOZHIBA_PATTERNS = [
+RUOZHIBA_PATTERNS: list[tuple[str, list[tuple[str, ...]], str]] = [  # (question, fills of x[, y], answer)
     ("为什么{x}不能{y}？",
      [("鱼", "爬树"), ("石头", "游泳"), ("月亮", "吃饭"), ("冰箱", "唱歌"), ("雨伞", "飞行"), ("书包", "跑步"),
       ("椅子", "说话"), ("镜子", "睡觉"), ("蜡烛", "洗澡"), ("铅笔", "做饭"), ("电视", "散步"), ("杯子", "思考")],
@@ -226,7 +227,8 @@ HUANHUAN_PREFIXES = ["", "嬛嬛，", "莞嫔，", "甄嬛，"]
 
 def _distinct_qa(rng: random.Random, pairs, prefixes, n: int) -> list[dict]:
     """`n` alpaca records drawn from (question, answer) pairs, a prefix keeping every instruction distinct."""
-    records, seen = [], set()
+    records: list[dict] = []
+    seen: set[str] = set()
     while len(records) < n:
         question, answer = rng.choice(pairs)
         instruction = rng.choice(prefixes) + question
@@ -271,7 +273,8 @@ FILLS = {
 def classification_records(seed: int, n: int) -> list[dict]:
     rng = random.Random(seed)
     labels = list(CLASSES)
-    records, seen = [], set()
+    records: list[dict] = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()  # (text, categories)
     while len(records) < n:
         label = labels[len(records) % len(labels)]
         text = rng.choice(CLASSES[label]).format(**{k: rng.choice(v) for k, v in FILLS.items()})

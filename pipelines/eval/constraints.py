@@ -35,7 +35,9 @@ def answer_form(records: Sequence[dict[str, str]], source: str) -> str:
     if None in found or len(found) != 1:
         raise EvalError(f"the gold answers of `{source}` are not all JSON objects or all JSON lists, so no answer form "
                         "can be constrained: regenerate the data with `make data`.")
-    return found.pop()
+    form = found.pop()
+    assert form is not None  # refused just above
+    return form
 
 
 def record_constraint(task: Task, record: dict[str, str], form: str | None) -> dict[str, Any] | None:
@@ -66,7 +68,7 @@ def gold_outside_input(records: Sequence[dict[str, str]]) -> dict[str, Any]:
     from pipelines.eval.scoring import parse_entities
 
     total = outside = 0
-    examples = []
+    examples: list[dict[str, str]] = []
     for r in records:
         for label, text in sorted(parse_entities(r["output"]).entities):
             total += 1

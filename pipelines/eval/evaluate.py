@@ -24,7 +24,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ from pipelines.eval.prompts import (
 #: Bump when a change alters what is sent or how it is scored: figures of different versions do not compare.
 EVAL_SPEC_VERSION = "2"
 N_EXAMPLES = 3
+DEFAULT_RETRY = RetryPolicy()  # frozen: one shared default
 
 
 # ---------------------------------------------------------------- stages 3 and 4: parse and score (pure)
@@ -85,7 +86,7 @@ def score(
 
 
 def pick_examples(
-    records: Sequence[dict[str, str]], answers: dict[str, Sequence[str]], k: int = N_EXAMPLES
+    records: Sequence[dict[str, str]], answers: Mapping[str, Sequence[str]], k: int = N_EXAMPLES
 ) -> list[dict]:
     """Up to k records for the report: first those where the models answer differently, then the rest, in data order."""
     models = list(answers)
@@ -145,7 +146,7 @@ def run_eval(
     judge: str | None = None,
     tokenizer: str | None = None,
     template: str = "qwen",
-    retry: RetryPolicy = RetryPolicy(),
+    retry: RetryPolicy = DEFAULT_RETRY,
     progress: bool = True,
     constrain: str = "none",
     fresh: bool = False,
@@ -185,7 +186,7 @@ def run_eval(
     constrained_so = ([constraints.record_constraint(spec, r, form) for r in records] if True in passes else None)
 
     offline = served is not None
-    if offline:
+    if served is not None:  # offline
         missing = [m for m in [*models, *([judge] if judge else [])] if m not in served]
         if missing:
             raise NotSaved(f"no model card given for {', '.join(missing)}.")
@@ -247,7 +248,7 @@ def run_eval(
                 _check_obeyed(spec, records, form, answers[True][model], base_url, model, finish)
             figures[constrained][model] = score(kind, answers[constrained][model], golds, finish)
 
-    settings_constraint = {"mode": constrain, "kind": spec.constraint if True in passes else None,
+    settings_constraint: dict[str, Any] = {"mode": constrain, "kind": spec.constraint if True in passes else None,
                            "form": form, "described": constraints.describe(spec) if True in passes else None}
     if True in passes and spec.constraint == "spans":
         settings_constraint["gold_outside_input"] = constraints.gold_outside_input(records)
@@ -309,7 +310,8 @@ def _check_obeyed(spec: tasks.Task, records: Sequence[dict[str, str]], form: str
                             "answers it gave aside), or evaluate with `--constrain none`.")
 
 
-async def _check(base_url: str, api_key: str | None, timeout: float, wanted: Sequence[str]) -> dict[str, int | None]:
+async def _check(base_url: str, api_key: str | None, timeout: float,
+                 wanted: Sequence[str]) -> dict[str, dict[str, Any]]:
     async with make_client(base_url, api_key, timeout, 1) as client:
         return await check_served(client, base_url, wanted)
 

@@ -155,7 +155,7 @@ def time_table(timings: list[tuple[str, float, str]]) -> str:
 
 def headline(run_dir: Path, base: str) -> str:
     """The figures that show what the adapters learned, and whether each criterion holds."""
-    lines = []
+    lines: list[str] = []
     for t in run_report.run_tasks(run_dir):
         metrics = run_report.load_metrics(run_dir, t)
         if not metrics:

@@ -104,9 +104,10 @@ def evaluate(task: str, cfg: dict, runs: list[Run], out: Path, serve_path: Path,
     constrain = "both" if spec.constraint else "none"
     previous = read_json(eval_dir / "metrics.json")
     cards = served_cards(previous, models)
-    kwargs = dict(limit=limit, constrain=constrain, progress=True)
+    kwargs: dict[str, Any] = dict(limit=limit, constrain=constrain, progress=True)
     t0 = time.time()
     if cards is not None:
+        assert previous is not None  # the cards are read from it (and `models` is never empty)
         try:
             metrics = run_eval(previous["settings"]["base_url"], task, data, models, eval_dir, served=cards,
                                echo=lambda s: None, **kwargs)

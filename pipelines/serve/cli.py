@@ -33,6 +33,7 @@ from pipelines.serve.config import AdapterInfo, ServeConfigError, load, precheck
 from pipelines.serve.process import (
     RUN_DIR,
     STOP_GRACE,
+    ServeInterrupted,
     load_adapter,
     read_state,
     run_files,
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(args: argparse.Namespace, e: KeyboardInterrupt) -> str:
     """One sentence for Ctrl-C: what was stopped and what was kept."""
-    if getattr(e, "log", None):  # process.ServeInterrupted: start had launched the server
+    if isinstance(e, ServeInterrupted):  # start had launched the server
         return f"interrupted (Ctrl-C); the server (pid {e.pid}) was stopped, its log kept at {e.log}."
     if args.action == "start":
         return "interrupted (Ctrl-C) before the server was launched; nothing was started."
@@ -115,9 +116,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "start":
         s = start(cfg, run_dir=args.run_dir, timeout=args.timeout)
-        adapters = [m for m in s.models if m != cfg.served_model_name]
+        served = [m for m in s.models if m != cfg.served_model_name]
         print(f"serve: ready in {s.seconds:.0f} s at {s.base_url}: base `{cfg.served_model_name}`, adapters "
-              f"{', '.join(adapters) or '(none)'}; pid {s.pid}, log {s.log}; stop with "
+              f"{', '.join(served) or '(none)'}; pid {s.pid}, log {s.log}; stop with "
               f"`make serve-stop PORT={cfg.port}`")
         return 0
     if args.action == "status":

@@ -188,7 +188,8 @@ def _deploy_problems(raw: dict, source: str) -> list[str]:
         except ValueError:
             problems.append(f"`publish_host` in `{source}` is {host!r}; set it to an IP address such as 127.0.0.1.")
     gpus, tp, dp = (raw.get(k) for k in ("gpus", "tensor_parallel_size", "data_parallel_size"))
-    if all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (gpus, tp or 1, dp or 1)) \
+    if isinstance(gpus, int) \
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (gpus, tp or 1, dp or 1)) \
             and gpus < (tp or 1) * (dp or 1):
         problems.append(f"`gpus` in `{source}` is {gpus} but `tensor_parallel_size` x `data_parallel_size` needs "
                         f"{(tp or 1) * (dp or 1)}; raise `gpus` or leave it unset.")
@@ -301,7 +302,8 @@ def safetensors_header(path: Path) -> tuple[dict | None, str | None]:
 def base_projections(config: dict) -> tuple[dict[str, tuple[int, int]], int | None]:
     """(`self_attn.q_proj` … `mlp.down_proj` → (in_features, out_features), number of layers) from a base model's
     config.json; empty when the config lacks the sizes."""
-    c = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text_config = config.get("text_config")
+    c = text_config if isinstance(text_config, dict) else config
     hidden, heads = c.get("hidden_size"), c.get("num_attention_heads")
     if not (type(hidden) is int and type(heads) is int and heads > 0):
         return {}, None
@@ -334,8 +336,10 @@ def check_weights(name: str, folder: Path, conf: dict, served_model: str, base_d
     header, problem = safetensors_header(file)
     if problem:
         return [f"adapter `{name}`: `{file}` {problem}; the file is damaged, so copy it again or retrain the adapter."]
+    assert header is not None  # safetensors_header gives a header whenever it names no problem
     base_conf = resolve(served_model, base_dir) / "config.json" if is_local(served_model, base_dir) else None
-    shapes, layers = {}, None
+    shapes: dict[str, tuple[int, int]] = {}
+    layers: int | None = None
     if base_conf is not None and base_conf.is_file():
         try:
             shapes, layers = base_projections(json.loads(base_conf.read_text(encoding="utf-8")))

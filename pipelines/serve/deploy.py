@@ -3,7 +3,8 @@
     python -m pipelines deploy CONFIG --target compose|k8s [--out DIR] [--adapter-url NAME=URL …] [--schemas DIR]
 
 First the refusals of `make serve` (`precheck`: missing weights, rank, another base, a stale base), then the
-documents (`render`), checked against the targets' own JSON schemas (read from ../shared/deploy; where they are
+documents (`render`), checked against the targets' own JSON schemas (`deploy/` of `pipelines.common.paths.SHARED`: ../shared, or what `make download`
+fetched; where they are
 absent the check is skipped with a note, since Compose and Helm check again when the bundle is used), and only
 then a write: into a temporary folder beside OUT, swapped in at the end, so that a bundle is whole or absent.
 OUT (default serve/deploy/<served model name>/) gets a marker naming its config; a folder that holds another
@@ -26,14 +27,14 @@ from pathlib import Path
 import yaml
 
 from pipelines.common.io import file_sha256
-from pipelines.common.paths import ROOT, SERVE_DIR, is_local, rel
+from pipelines.common.paths import ROOT, SERVE_DIR, SHARED_DEPLOY, is_local, rel
 from pipelines.serve import render
 from pipelines.serve.config import AdapterInfo, ServeConfig, ServeConfigError, load, model_arg, precheck
 
 MARKER = "pipelines-bundle.json"
 DEPLOY_DIR = SERVE_DIR / "deploy"
-#: The targets' official schemas (../shared/deploy/SOURCE.md); never copied into the project.
-SCHEMAS_DIR = ROOT.parent / "shared" / "deploy"
+#: The targets' official schemas (`make download` fetches them at pinned commits); never copied into the project.
+SCHEMAS_DIR = SHARED_DEPLOY
 SCHEMAS = {"compose": ("compose-spec/compose-spec.json", "the Compose specification's schema"),
            "k8s": ("vllm-stack/values.schema.json", f"the {render.CHART} chart's values schema")}
 DOCUMENT = {"compose": "compose.yaml", "k8s": "values.yaml"}

@@ -135,7 +135,9 @@ def main_alive(state: Mapping) -> bool:
     """Does the server's main process (the API server, the group's leader) still run?"""
     pid = state.get("pid")
     stat = _proc_stat(pid) if pid else None
-    return bool(stat) and stat[0] not in ("Z", "X") and stat[19] == state.get("start_time")
+    if not stat:
+        return False
+    return stat[0] not in ("Z", "X") and stat[19] == state.get("start_time")
 
 
 def read_state(files: RunFiles) -> dict | None:

@@ -57,8 +57,9 @@ def container_args(cfg: ServeConfig, adapters: list[AdapterInfo], adapter_root: 
                    model_root: str = MODELS_MOUNT) -> list[str]:
     """The arguments after `vllm serve` in a container: `make serve`'s, with the mount points as paths."""
     paths = {str(a.path): f"{adapter_root}/{a.name}" for a in adapters}
-    if is_local(cfg.model):
-        paths[model_arg(cfg.model)] = model_target(cfg, model_root)
+    target = model_target(cfg, model_root)  # None for a hub id
+    if target is not None:
+        paths[model_arg(cfg.model)] = target
     return build_command(cfg, adapters, vllm="vllm", host="0.0.0.0", paths=paths)[2:]
 
 

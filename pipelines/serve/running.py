@@ -33,5 +33,5 @@ def running(cfg: ServeConfig, run_dir: Path = RUN_DIR, *, env: Mapping[str, str]
     finally:
         try:
             stop(cfg.port, run_dir, grace=STOP_GRACE_S)
-        except Exception as e:  # noqa: BLE001 - say so; never hide the block's own result or error
+        except Exception as e:  # say so; never hide the block's own result or error
             print(f"serve: stopping the server on port {cfg.port} failed: {e}", file=sys.stderr)

@@ -38,6 +38,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,8 +357,8 @@ def check_template(cfg: dict, templates: set[str]) -> tuple[list[str], list[str]
         if str(cfg.get("stage") or "sft") == "pt":  # pre-training renders no chat prompts
             return [], []
         family, _ = model_family(model) if model else (None, "")
-        fit = FAMILY_TEMPLATES.get(family or "", ())
-        hint = f"add `template: {fit[0]}`" if fit else "add the model's `template`"
+        fitting = FAMILY_TEMPLATES.get(family or "", ())
+        hint = f"add `template: {fitting[0]}`" if fitting else "add the model's `template`"
         return [f"`template` is not set, so training and serving may render different prompts; {hint}."], []
     template = str(template)
     if template not in templates:
@@ -382,7 +383,8 @@ def check_template(cfg: dict, templates: set[str]) -> tuple[list[str], list[str]
 
 def check_servable(cfg: dict) -> tuple[list[str], list[str]]:
     """Will vLLM serve the result? (problems, notes)"""
-    problems, notes = [], []
+    problems: list[str] = []
+    notes: list[str] = []
     method = str(cfg.get("finetuning_type") or "lora")
     if config_flag(cfg, "resize_vocab"):
         problems.append("`resize_vocab: true` changes the embedding size, which a vLLM LoRA adapter cannot carry; "
@@ -442,7 +444,7 @@ def check_cutoff(cfg: dict) -> tuple[list[str], list[str]]:
 
 # ------------------------------------------------------------------------------------------------------- core
 
-def check_config(config: str | Path, overrides: list[str] = (), measure_lengths: bool = True,
+def check_config(config: str | Path, overrides: Sequence[str] = (), measure_lengths: bool = True,
                  gpu: bool | None = None) -> Report:
     """Every problem of CONFIG with OVERRIDES. Raises CheckError only when the config cannot be read at all."""
     report = Report(str(config))

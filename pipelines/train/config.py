@@ -11,8 +11,9 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pipelines.common.paths import CONF_DIR, ROOT
 
@@ -36,7 +37,7 @@ def find_config(config: str | Path) -> Path:
     raise CheckError(f"`{config}` not found; pass a file of `conf/` as CONFIG{hint}.")
 
 
-def load_config(config: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+def load_config(config: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The YAML merged with `key=value` overrides, as `llamafactory-cli train CONFIG key=value …` merges them."""
     from omegaconf import OmegaConf
 
@@ -56,7 +57,7 @@ def load_config(config: str | Path, overrides: list[str] = ()) -> dict[str, Any]
                          f"({str(e).strip().splitlines()[0]}); write them as `key=value`.") from None
     if not isinstance(merged, dict):
         raise CheckError(f"`{config}` is not a mapping of LLaMA-Factory keys; write one `key: value` per line.")
-    return merged
+    return cast(dict[str, Any], merged)  # OmegaConf types keys as str | int | Enum | …; a config's keys are names
 
 
 def as_list(value: Any) -> list[str]:

@@ -59,7 +59,7 @@ def git_revision(root: Path = ROOT) -> dict:
 
 
 def package_versions() -> dict[str, str | None]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
