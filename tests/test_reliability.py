@@ -31,11 +31,11 @@ from conftest import train_environ
 from serving import START_TIMEOUT
 
 from pipelines.common.net import free_port
-from pipelines.common.paths import RAW_DIR, ROOT, TRAIN_MANIFEST, VENV_VLLM, venv_bin
+from pipelines.common.paths import RAW_DIR, ROOT, TRAIN_MANIFEST
 from pipelines.data import convert
 from pipelines.serve import process
 
-needs_vllm = pytest.mark.skipif(not venv_bin(VENV_VLLM, "vllm").exists(), reason="no .venv-vllm (run `make setup`)")
+needs_vllm = pytest.mark.usefixtures("vllm_venv")  # fails, never skips, without .venv-vllm
 
 
 # ------------------------------------------------------------------------------------------------- helpers

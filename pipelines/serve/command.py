@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipelines.common.device import has_cuda
+from pipelines.common.device import has_cuda, usable_cores
 from pipelines.common.lora import lora_module, round_rank
 from pipelines.common.paths import VENV_VLLM, venv_bin
 from pipelines.serve.config import AdapterInfo, ServeConfig, extra_flags, model_arg
@@ -53,13 +53,6 @@ def max_lora_rank(cfg: ServeConfig, adapters: list[AdapterInfo]) -> int:
     return round_rank(max(a.rank for a in adapters))
 
 
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def build_env(cfg: ServeConfig, base: Mapping[str, str] | None = None, cuda: bool | None = None) -> dict[str, str]:
     """The server's environment: `base` (os.environ) plus the CPU settings and the runtime-LoRA switch.
 
@@ -74,7 +67,7 @@ def build_env(cfg: ServeConfig, base: Mapping[str, str] | None = None, cuda: boo
         if cfg.cpu_threads:
             env["OMP_NUM_THREADS"] = str(cfg.cpu_threads)
         else:
-            env.setdefault("OMP_NUM_THREADS", str(cpu_count()))
+            env.setdefault("OMP_NUM_THREADS", str(usable_cores()))
     if cfg.runtime_lora_updating:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     else:

@@ -18,16 +18,18 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
 from pipelines.common.io import file_sha256
-from pipelines.common.paths import ROOT, SERVE_DIR, SHARED_DEPLOY, is_local, rel
+from pipelines.common.paths import SERVE_DIR, SHARED_DEPLOY, is_local, rel
 from pipelines.serve import render
 from pipelines.serve.config import AdapterInfo, ServeConfig, ServeConfigError, load, model_arg, precheck
 
@@ -48,13 +50,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="the bundle folder (default: serve/deploy/<served model name>/)")
     ap.add_argument("--adapter-url", action="append", default=[], metavar="NAME=URL",
                     help="k8s: the controller loads adapter NAME from an s3:// or http(s):// URL, not the volume")
+    ap.add_argument("--adapter-urls-from-env", metavar="VAR",
+                    help="more NAME=URL items from the environment variable VAR, split on whitespace only (what "
+                         "`make deploy ADAPTER_URLS=…` uses: no shell ever reads the URLs)")
     ap.add_argument("--schemas", type=Path, default=SCHEMAS_DIR, help="the targets' JSON schemas (%(default)s)")
     args = ap.parse_args(argv)
+    urls = list(args.adapter_url)
+    if args.adapter_urls_from_env:
+        urls += os.environ.get(args.adapter_urls_from_env, "").split()
     try:
-        out = deploy(args.config, args.target, out=args.out, urls=args.adapter_url, schemas=args.schemas)
+        out = deploy(args.config, args.target, out=args.out, urls=urls, schemas=args.schemas)
     except ServeConfigError as e:
         print(f"deploy: {e}" if len(e.problems) == 1 else
               f"deploy: {len(e.problems)} problems:\n  - " + "\n  - ".join(e.problems), file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = e.filename or args.out or DEPLOY_DIR
+        print(f"deploy: cannot write the bundle at `{where}` ({e.strerror or e}); choose a folder you can write "
+              "with `OUT=`.", file=sys.stderr)
         return 1
     print(f"deploy: {args.target} bundle in {rel(out)}; start it as {rel(out)}/README.md says")
     return 0
@@ -91,7 +104,16 @@ def parse_urls(items: list[str], cfg: ServeConfig, target: str) -> dict[str, str
     problems, urls = [], {}
     for item in items:
         name, _, url = item.partition("=")
-        if target != "k8s":
+        shown = f"{name}={redact(url)}"
+        if redact(url) != url:
+            problems.append(f"`--adapter-url {shown}` carries credentials in its URL; they would be written into "
+                            "the bundle: give the LoRA controller its credentials another way (an IAM role, a "
+                            "presigned URL) and pass the URL without them.")
+            continue
+        item = shown
+        if any(c.isspace() or not c.isprintable() for c in url):
+            problems.append(f"`--adapter-url {item!r}` holds white space or control characters; a URL has none.")
+        elif target != "k8s":
             problems.append(f"`--adapter-url {item}` is for `--target k8s`; a compose bundle carries its adapters.")
         elif name not in cfg.adapters:
             problems.append(f"`--adapter-url {item}` names no adapter of `{cfg.source}`; use one of "
@@ -103,6 +125,17 @@ def parse_urls(items: list[str], cfg: ServeConfig, target: str) -> dict[str, str
     if problems:
         raise render.DeployError(problems)
     return urls
+
+
+def redact(url: str) -> str:
+    """`url` with the user-info part of its host (`user:password@`) replaced by `***@`; other URLs unchanged."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return url
+    if "@" not in netloc:
+        return url
+    return url.replace(netloc, "***@" + netloc.rpartition("@")[2], 1)
 
 
 def shared_gib(cfg: ServeConfig, adapters: list[AdapterInfo]) -> int:
@@ -170,8 +203,9 @@ def readme(cfg: ServeConfig, adapters: list[AdapterInfo], target: str, urls: dic
         lines.extend([f"## {title}", "", *([text, ""] if text else []), "```bash", *cmds, "```", ""])
 
     check = 'curl -s -H "Authorization: Bearer $VLLM_API_KEY" {url}/models'
-    evaluate = (f'make eval BASE_URL={{url}} MODELS="{" ".join([cfg.served_model_name, *names[:1]])}" '
-                f"MODEL={local_model} TASK=… EVAL_DATA=…")
+    q = shlex.quote  # every value in a shell line is one quoted word
+    evaluate = (f'make eval BASE_URL={{url}} MODELS={q(" ".join([cfg.served_model_name, *names[:1]]))} '
+                f"MODEL={q(local_model)} TASK=… EVAL_DATA=…")
     sums = ["sha256sum -c SHA256SUMS            # the adapters are the ones rendered"] if names else []
     if target == "compose":
         host = "127.0.0.1" if cfg.publish_host in ("0.0.0.0", "::") else cfg.publish_host
@@ -206,11 +240,11 @@ def readme(cfg: ServeConfig, adapters: list[AdapterInfo], target: str, urls: dic
         local = [n for n in names if n not in urls]
         push = [f"kubectl apply -f push-pod.yaml && kubectl wait --for=condition=Ready pod/{pod}",
                 f"kubectl exec {pod} -- mkdir -p {render.LORA_DIR} {render.SHARED_PVC}/models",
-                *(f"kubectl cp adapters/{n} {pod}:{render.LORA_DIR}/{n}" for n in local),
-                *([f"kubectl cp {local_model} {pod}:{render.model_target(cfg, render.SHARED_PVC + '/models')}"]
+                *(f"kubectl cp {q(f'adapters/{n}')} {q(f'{pod}:{render.LORA_DIR}/{n}')}" for n in local),
+                *([f"kubectl cp {q(local_model)} {q(pod + ':' + render.model_target(cfg, render.SHARED_PVC + '/models'))}"]
                   if is_local(cfg.model) else []),
                 f"kubectl delete pod {pod}"] if local or is_local(cfg.model) else []
-        uploads = [f"aws s3 cp --recursive adapters/{n} {u}" if u.startswith("s3://") else
+        uploads = [f"aws s3 cp --recursive {q(f'adapters/{n}')} {q(u)}" if u.startswith("s3://") else
                    f"# publish the files of adapters/{n}/ at {u}" for n, u in urls.items()]
         section("Push the adapters", *sums, *push, *uploads, "kubectl get loraadapters           # each one loaded",
                 text=f"Local adapters{' and the base model' if is_local(cfg.model) else ''} go onto the chart's "
