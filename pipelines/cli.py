@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pipelines.eval.evaluate", "score served models through the OpenAI API; metrics.json + report.md"),
     "parity": ("pipelines.eval.parity", "check that training and serving render identical prompt tokens"),
     "report": ("pipelines.eval.report", "rewrite an evaluation's report.md from its metrics.json"),
+    "compare": ("pipelines.eval.compare", "recompute an evaluation's intervals and paired comparisons, offline"),
     "constrain": ("pipelines.eval.constraints", "print the structured-outputs extra_body that constrains a task's answer"),
     "all": ("pipelines.run.pipeline", "the whole pipeline into results/<run>: data, train, serve, eval, report"),
     "run-report": ("pipelines.run.report", "rewrite the report of a `make all` run folder"),
@@ -57,9 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"did you mean {' or '.join(f'`{c}`' for c in close)}? " if close else ""
         print(f"pipelines: unknown command `{name}`; {hint}`python -m pipelines --help` lists them.", file=sys.stderr)
         return 2
+    from pipelines.common.errors import PipelinesError
+
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)
+    except PipelinesError as e:  # a user's problem, one sentence; anything else keeps its traceback
+        print(f"pipelines {name}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"pipelines {name}: interrupted.", file=sys.stderr)
         return 130

@@ -424,7 +424,7 @@ def test_make_deploy_passes_values_without_a_shell(adapters, tiny_base_dir, tmp_
     assert not (ROOT / "pwned.txt").exists() and not (tmp_path / "pwned.txt").exists()
     assert json.loads((out / deploy.MARKER).read_text())["adapters"] == urls
     values = yaml.safe_load((out / "values.yaml").read_text())
-    assert {a["source"]["repository"] for a in values["loraAdapters"]} == set(urls.values())
+    assert {a["adapterSource"]["repository"] for a in values["loraAdapters"]} == set(urls.values())
     aws = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("aws s3 cp")]
     assert [shlex.split(line)[-1] for line in aws] == [urls["cluener"]]
 

@@ -47,7 +47,7 @@ class GoldEcho:
     """
 
     def __init__(self, data: Path, models=("base", "adapter", "judge"), answers=None, delay=0.0, die_after=None,
-                 max_model_len=None, roots=None, reject_constrained=False):
+                 max_model_len=None, roots=None, reject_constrained=False, lie=None):
         records = load_records(data)
         self.by_prompt = {(r["system"], user_text(r)): r for r in records}
         self.models = list(models)
@@ -55,6 +55,7 @@ class GoldEcho:
         self.delay, self.die_after, self.max_model_len = delay, die_after, max_model_len
         self.roots: dict[str, str] = roots or {}  # model → the `root` its card lists (as vLLM: the loaded path)
         self.reject_constrained = reject_constrained  # answer requests with `structured_outputs` with HTTP 400
+        self.lie = lie  # one of LIES: a 200 answer that is no chat completion of the model asked for
         self.completions: list[dict] = []  # request bodies answered
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -123,6 +124,14 @@ class GoldEcho:
                     self._send(404, {"error": {"message": f"model {body['model']} not found"}})
                     return
                 time.sleep(echo.delay)
+                if echo.lie:
+                    ctype, data = LIES[echo.lie](body["model"])
+                    self.send_response(200)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 self._send(200, {
                     "id": "cmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
@@ -131,6 +140,21 @@ class GoldEcho:
                 })
 
         return Handler
+
+
+def _completion(model: str, choices: list) -> bytes:
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": model, "choices": choices,
+                       "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+
+
+_CHOICE = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "{}"}}
+#: a lying server's 200 answers: (content type, body) for the model asked for
+LIES: dict[str, Callable[[str], tuple[str, bytes]]] = {
+    "another model": lambda m: ("application/json", _completion("gpt-4o", [_CHOICE])),
+    "truncated JSON": lambda m: ("application/json", _completion(m, [_CHOICE])[:40]),
+    "no choices": lambda m: ("application/json", _completion(m, [])),
+    "an HTML proxy page": lambda m: ("text/html", b"<html><body><h1>Sign in to the proxy</h1></body></html>"),
+}
 
 
 def drop_last_entity(record_id: str) -> Callable[[dict], str]:
@@ -264,7 +288,8 @@ def test_gold_echo_gives_perfect_scores_and_writes_outputs(tmp_path):
     rows = rows_of(tmp_path / "base" / "predictions.jsonl")
     assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in records)
     report = (tmp_path / "report.md").read_text()
-    assert "| micro_f1 | 1.0000 |" in report and "![per_type_f1.png](per_type_f1.png)" in report
+    assert "| micro_f1 | 1.000 [1.000, 1.000] |" in report and "![per_type_f1.png](per_type_f1.png)" in report
+    assert "95% intervals in brackets" in report
     assert (tmp_path / "per_type_f1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -324,6 +349,25 @@ def test_missing_model_stops_with_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 1
     assert err.startswith("evaluate: `cluener-lora` is not served at ") and "\n" not in err and err.endswith(".")
+
+
+@pytest.mark.parametrize("lie, said", [
+    ("another model", "with an answer from model `gpt-4o`, not `adapter`"),
+    ("truncated JSON", "with a body that is not valid JSON ("),
+    ("no choices", "with no choices (`choices: []`)"),
+    ("an HTML proxy page", "with a body that is not a JSON object (it starts `<html><body><h1>Sign in"),
+], ids=["another model", "truncated JSON", "no choices", "HTML page"])
+def test_a_lying_server_stops_the_run_in_one_sentence(lie, said, tmp_path, capsys):
+    """A 200 answer that is no chat completion of the model asked for is an error, never a score (issue 24: 5, 10)."""
+    with GoldEcho(NER_DATA, lie=lie) as srv:
+        rc = main(["--base-url", srv.url, "--task", "cluener", "--data", str(NER_DATA), "--model", "adapter",
+                   "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert f"the server at `{srv.url}` answered record `" in line and said in line, err
+    assert "answers are kept in" in line
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_dead_server_gives_a_clear_error(tmp_path, capsys):
@@ -407,3 +451,84 @@ def test_the_scoring_path_imports_neither_llamafactory_nor_vllm():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'llamafactory', 'transformers', 'vllm', 'torch'}))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- intervals and comparisons (eval spec 3)
+
+
+def test_metrics_hold_intervals_and_comparisons_that_compare_reproduces_offline(tmp_path, capsys):
+    from pipelines.eval import compare, significance, tasks
+
+    with GoldEcho(NER_DATA, answers={"base": lambda r: "{}"}) as srv:
+        metrics = run_eval(srv.url, "cluener", NER_DATA, ["base", "adapter"], tmp_path, progress=False)
+    assert metrics["settings"]["intervals"] == {
+        "level": 0.95, "resamples": 1000, "seed": 0, "method": significance.BOOTSTRAP_METHOD, "permutations": 1000,
+        "compare_method": significance.COMPARE_METHOD}
+    rows = tasks.get("cluener").rows
+    for name, m in metrics["models"].items():
+        assert set(rows) <= set(m["intervals"]), name
+        for metric in rows:
+            assert m["intervals"][metric]["low"] <= m[metric] <= m["intervals"][metric]["high"], (name, metric)
+    assert metrics["models"]["adapter"]["intervals"]["micro_f1"] == {"low": 1.0, "high": 1.0}
+    compared = [c for c in metrics["comparisons"]]
+    assert {(c["a"], c["b"]) for c in compared} == {("adapter", "base")}
+    assert [c["metric"] for c in compared] == list(rows)
+    for c in compared:
+        assert {"a", "b", "metric", "diff", "low", "high", "p_value", "method", "resamples"} <= set(c)
+    f1 = next(c for c in compared if c["metric"] == "micro_f1")
+    assert f1["diff"] == 1.0 and f1["low"] == f1["high"] == 1.0 and f1["p_value"] == 1 / 1001
+    assert f1["method"] == significance.COMPARE_METHOD and f1["resamples"] == 1000
+    assert (tmp_path / "adapter" / compare.STATS_FILE).exists() and (tmp_path / "base" / compare.STATS_FILE).exists()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Comparisons" in report and "| `adapter` | `base` | micro_f1 | +1.000 | [+1.000, +1.000] | 0.001 |" in report
+    # offline, no server: the same figures bit for bit, and other settings on request
+    assert compare.main([str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((tmp_path / "metrics.json").read_text())
+    other = compare.recompute(tmp_path, compare.Resampling(resamples=200, seed=3))
+    assert other["settings"]["intervals"]["resamples"] == 200 and other["comparisons"][0]["resamples"] == 200
+    assert other["models"]["base"]["micro_f1"] == metrics["models"]["base"]["micro_f1"]
+    res = subprocess.run([sys.executable, "-m", "pipelines", "compare", str(tmp_path), "--resamples", "200"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "95% intervals in brackets" in res.stdout and "| micro_f1 | 0.000 [0.000, 0.000] | 1.000 [1.000, 1.000] |" \
+        in res.stdout and "| `adapter` | `base` | micro_f1 | +1.000 |" in res.stdout
+
+
+def test_identical_models_give_difference_0_and_p_1(tmp_path):
+    with GoldEcho(NER_DATA, answers={"adapter": drop_last_entity("ner-02"), "base": drop_last_entity("ner-02")}) \
+            as srv:
+        metrics = run_eval(srv.url, "cluener", NER_DATA, ["base", "adapter"], tmp_path, progress=False, resamples=300,
+                           seed=7)
+    assert metrics["settings"]["intervals"]["resamples"] == 300 and metrics["settings"]["intervals"]["seed"] == 7
+    assert metrics["comparisons"]
+    for c in metrics["comparisons"]:
+        assert (c["diff"], c["low"], c["high"], c["p_value"]) == (0.0, 0.0, 0.0, 1.0), c
+
+
+def test_compare_refuses_an_older_spec_or_missing_statistics_in_one_sentence(tmp_path):
+    with GoldEcho(NER_DATA) as srv:
+        run_eval(srv.url, "cluener", NER_DATA, ["base", "adapter"], tmp_path / "new", progress=False)
+    cases = {"none": tmp_path / "empty"}
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.json").write_text(json.dumps({**json.loads((tmp_path / "new" / "metrics.json").read_text()),
+                                                  "eval_spec_version": "2"}))
+    cases["old"] = old
+    (tmp_path / "new" / "base" / "stats.json").unlink()
+    cases["missing"] = tmp_path / "new"
+    for name, folder in cases.items():
+        res = subprocess.run([sys.executable, "-m", "pipelines", "compare", str(folder)], cwd=ROOT,
+                             capture_output=True, text=True)
+        err = res.stderr.strip()
+        assert res.returncode == 1 and err.startswith("compare: ") and "\n" not in err and "Traceback" not in err, name
+    assert "eval spec 2" in subprocess.run([sys.executable, "-m", "pipelines", "compare", str(old)], cwd=ROOT,
+                                           capture_output=True, text=True).stderr
+
+
+def test_significance_errors_become_one_sentence_eval_errors():
+    from pipelines.eval import compare, tasks
+
+    with pytest.raises(EvalError, match=r"^cannot compute the intervals: .*\.$"):
+        compare.intervals(tasks.get("cluener"), {"kind": "ner", "n": -1}, compare.Resampling())
+    with pytest.raises(EvalError, match="--resamples 0"):
+        run_eval("http://127.0.0.1:9/v1", "cluener", NER_DATA, ["base"], "unused", resamples=0)

@@ -172,3 +172,45 @@ def test_the_plugin_reads_its_switch_as_the_project_does():
 ])
 def test_local_or_hub(name, local):
     assert is_local(name) is local
+
+
+def test_cli_reports_a_project_error_in_one_sentence_and_keeps_a_bugs_traceback(monkeypatch, capsys):
+    import types
+
+    from pipelines import cli
+    from pipelines.common.errors import PipelinesError
+    from pipelines.eval import EvalError
+
+    def failing(error: Exception):
+        def main(argv):
+            raise error
+        return types.SimpleNamespace(main=main)
+
+    monkeypatch.setitem(cli.COMMANDS, "boom", ("fake.boom", "raises"))
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: failing(EvalError("the server is gone.")))
+    assert cli.main(["boom"]) == 1
+    assert capsys.readouterr().err == "pipelines boom: the server is gone.\n"
+    assert issubclass(EvalError, PipelinesError)
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: failing(ZeroDivisionError("bug")))
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["boom"])
+
+
+def test_every_project_error_derives_from_the_one_base():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import pipelines
+    from pipelines.common.errors import PipelinesError
+
+    loose = []
+    for info in pkgutil.walk_packages(pipelines.__path__, "pipelines."):
+        if info.name.endswith("__main__") or info.name in ("pipelines.bench.seeds",):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == info.name
+                    and name.endswith("Error") and not issubclass(obj, PipelinesError)):
+                loose.append(f"{info.name}.{name}")
+    assert loose == []

@@ -482,6 +482,23 @@ def test_serve_faults(name, fault, expected, tmp_path, base_dir):
     assert run.out == "" and not (tmp_path / "run").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("where", ["adapters", "top level"])
+def test_serve_config_with_a_duplicate_key(where, tmp_path, base_dir):
+    """PyYAML keeps the last of two equal keys; the serve config's loader refuses them, naming the key and file."""
+    conf = tmp_path / "serve.yaml"
+    if where == "adapters":
+        conf.write_text(f"model: {base_dir}\nadapters:\n  cluener: a\n  cluener: b\n")
+        key = "cluener"
+    else:
+        conf.write_text(f"model: {base_dir}\nport: 8001\nport: 8002\n")
+        key = "port"
+    run = pipelines("serve", "start", conf, "--run-dir", tmp_path / "run")
+    assert run.rc == 1
+    assert re.fullmatch(rf"serve start: `.*/serve\.yaml`: the key `{key}` appears twice \(lines \d and \d\); keep "
+                        r"one of them\.", one_line(run.err)), run.err
+    assert not (tmp_path / "run").exists()
+
+
 def test_serve_port_in_use(tmp_path, base_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.net import free_port
 from pipelines.common.paths import ROOT, VENV, venv_bin
 from pipelines.run import pipeline as run_all
@@ -56,7 +57,7 @@ def test_dry_run_cpu_profile_uses_the_tiny_configs():
 
 
 def test_unknown_profile_is_one_sentence():
-    with pytest.raises(SystemExit, match="`PROFILE=tpu` is unknown"):
+    with pytest.raises(PipelinesError, match="`PROFILE=tpu` is unknown"):
         run_all.plan("tpu", None, ROOT / "results" / "x", 8000, {}, None, None)
 
 
@@ -103,3 +104,13 @@ def test_serve_configs_serve_what_the_train_configs_write(serve, prefix):
     for task, path in adapters.items():
         train = yaml.safe_load((ROOT / f"{prefix}{task}.yaml").read_text(encoding="utf-8"))
         assert train["output_dir"] == path, (serve, task)
+
+
+@pytest.mark.parametrize("var, value, words", [("SAMPLES", "abc", "`SAMPLES=abc` is not a whole number"),
+                                               ("EVAL_LIMIT", "0", "`EVAL_LIMIT=0` must be at least 1"),
+                                               ("PORT", "80x", "`PORT=80x` is not a whole number")])
+def test_a_bad_number_in_the_environment_is_one_sentence(monkeypatch, capsys, var, value, words):
+    monkeypatch.setenv(var, value)
+    assert run_all.main(["--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common.device import usable_cores
+from pipelines.common.errors import PipelinesError
 from pipelines.common.io import write_json
 from pipelines.common.paths import ROOT
 
@@ -268,7 +269,7 @@ def tail(path: Path, n: int = 25) -> str:
         return ""
 
 
-class BenchError(RuntimeError):
+class BenchError(PipelinesError, RuntimeError):
     """A benchmark could not run; one sentence naming what to do."""
 
 

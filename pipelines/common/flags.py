@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from pipelines.common.errors import PipelinesError
+
 TRUE = frozenset({"1", "true", "yes", "on"})
 FALSE = frozenset({"0", "false", "no", "off"})
 
 
-class FlagError(ValueError):
+class FlagError(PipelinesError, ValueError):
     """A switch whose value is neither true nor false; one sentence naming it."""
 
 
@@ -35,6 +37,22 @@ def flag(value: object, name: str, default: bool = False) -> bool:
 def env_flag(name: str, default: bool = False, env: Mapping[str, str] | None = None) -> bool:
     """The environment variable `name` as a boolean (see `flag`)."""
     return flag((os.environ if env is None else env).get(name), name, default)
+
+
+def env_int(name: str, env: Mapping[str, str] | None = None, minimum: int = 1) -> int | None:
+    """The environment variable `name` as a whole number >= `minimum`, None when unset or empty; anything else is
+    one sentence naming the variable (`SAMPLES=abc make all`)."""
+    raw = (os.environ if env is None else env).get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise FlagError(f"`{name}={raw}` is not a whole number; set it to one (at least {minimum}) or leave it "
+                        "unset.") from None
+    if value < minimum:
+        raise FlagError(f"`{name}={raw}` must be at least {minimum}; set it higher or leave it unset.")
+    return value
 
 
 def config_flag(cfg: Mapping, key: str) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.common.device import usable_cores
+from pipelines.common.errors import SetupNeeded
 from pipelines.common.paths import ROOT, VENV, venv_bin
 
 
@@ -41,7 +42,7 @@ def cli(*args: str) -> list[str]:
     """The command line for `llamafactory-cli ARGS…` of this project's `.venv`."""
     exe = venv_bin(VENV, "llamafactory-cli")
     if not exe.exists():
-        raise SystemExit(f"`{exe.relative_to(ROOT)}` is missing; run `make setup` first.")
+        raise SetupNeeded(f"`{exe.relative_to(ROOT)}` is missing; run `make setup` first.")
     return [str(exe), *args]
 
 

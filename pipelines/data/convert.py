@@ -40,6 +40,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.io import atomic_write
 from pipelines.common.paths import DATA_DIR
 from pipelines.data import converters
@@ -52,7 +53,7 @@ SKIP_HINT = "fix the row or rerun with `--on-error skip` to count and skip such 
 VAL_SIZE_USE = "use 0 (no val set), a fraction in (0, 1) or a whole count such as 200"
 
 
-class ConvertError(Exception):
+class ConvertError(PipelinesError):
     """A one-sentence problem with the input or the options; `main` prints it without a traceback."""
 
 

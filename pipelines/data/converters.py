@@ -16,10 +16,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipelines.common.errors import PipelinesError
+
 # ------------------------------------------------------------------------------------------------ registry
 
 
-class RowError(ValueError):
+class RowError(PipelinesError, ValueError):
     """A row the converter cannot use. `reason` is a short label for the skip counts; the message says why."""
 
     def __init__(self, reason: str, detail: str):
@@ -28,7 +30,7 @@ class RowError(ValueError):
         self.detail = detail
 
 
-class UnknownConverterError(KeyError):
+class UnknownConverterError(PipelinesError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 

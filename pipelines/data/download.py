@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import httpx
 from tqdm import tqdm
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.io import atomic_write, sha256_bytes
 from pipelines.common.paths import DOWNLOADS_DIR
 
@@ -69,7 +70,7 @@ PINNED_FILES: dict[str, dict[str, tuple[str, str]]] = {
 SOURCES = ("cluener", "ruozhiba", *PINNED_FILES)
 
 
-class DownloadError(Exception):
+class DownloadError(PipelinesError):
     """A one-sentence problem (network, HTTP, checksum, archive); `main` prints it without a traceback."""
 
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.paths import DATA_DIR, TINY_BASE
 
 DEFAULT_TEMPLATE = "qwen"
@@ -31,7 +32,7 @@ IGNORE_INDEX = -100  # LLaMA-Factory's label for prompt tokens
 NO_TRUNCATION = 1 << 20
 
 
-class LengthsError(Exception):
+class LengthsError(PipelinesError):
     """A one-sentence problem with the options or the inputs; `main` prints it without a traceback."""
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipelines.common.errors import PipelinesError
 
-class RecordError(ValueError):
+
+class RecordError(PipelinesError, ValueError):
     """A data file that is not a list of alpaca records; one sentence naming the file and record."""
 
 

@@ -33,9 +33,28 @@ class RetryPolicy:
 
 
 class _Failure(Exception):
-    def __init__(self, record_id: str, error: Exception, transient: bool):
+    def __init__(self, record_id: str, error: Exception, transient: bool, malformed: str | None = None):
         super().__init__(str(error))
         self.record_id, self.error, self.transient = record_id, error, transient
+        self.malformed = malformed  # what was wrong with an HTTP 200 that is no chat completion of this model
+
+
+def _malformed(resp: Any, model: str) -> str | None:
+    """What makes a 200 answer no chat completion of `model` (None when it is one): a body that is not a JSON
+    object (a proxy's HTML page arrives as a str), no `choices`, a choice without a message, or another `model`."""
+    if isinstance(resp, (str, bytes)) or not hasattr(resp, "choices"):
+        text = resp if isinstance(resp, str) else resp.decode("utf-8", "replace") if isinstance(resp, bytes) else ""
+        start = " ".join(text.split())[:40]
+        return f"a body that is not a JSON object{f' (it starts `{start}`)' if start else ''}"
+    if not resp.choices:
+        return "no choices (`choices: []`)"
+    message = getattr(resp.choices[0], "message", None)
+    if message is None or not isinstance(getattr(message, "content", None), (str, type(None))):
+        return "a choice without a message"
+    answered = getattr(resp, "model", None)
+    if answered and answered != model:  # vLLM echoes the adapter's name, and the base's served name
+        return f"an answer from model `{answered}`, not `{model}`"
+    return None
 
 
 def describe(error: BaseException) -> str:
@@ -87,6 +106,8 @@ async def complete(
     for attempt in range(max(retry.attempts, 1)):
         try:
             resp = await client.chat.completions.create(model=model, **request)
+        except ValueError as e:  # JSONDecodeError: a truncated or non-JSON body sent as application/json
+            raise _Failure(record_id, e, transient=False, malformed=f"a body that is not valid JSON ({e})") from e
         except Exception as e:
             import openai
 
@@ -98,6 +119,9 @@ async def complete(
             if attempt + 1 < retry.attempts:
                 await asyncio.sleep(min(retry.max_backoff_s, retry.backoff_s * 2**attempt))
             continue
+        wrong = _malformed(resp, model)
+        if wrong:
+            raise _Failure(record_id, ValueError(wrong), transient=False, malformed=wrong)
         choice = resp.choices[0]
         return {
             "answer": choice.message.content or "",
@@ -197,6 +221,12 @@ async def answer_all(
     if failures:
         f = failures[0]
         kept = sum(1 for k in wanted if k in done)
+        if f.malformed:
+            raise EvalError(
+                f"the server at `{base_url}` answered record `{f.record_id}` for `{model}` with {f.malformed}, not "
+                f"an OpenAI chat completion of that model; {kept} of {len(wanted)} answers are kept in `{path}`: "
+                "check that `--base-url` reaches the vLLM server itself (not a proxy or another service)."
+            )
         if f.transient:
             raise EvalError(
                 f"the server at `{base_url}` stopped answering while evaluating `{model}` ({describe(f.error)}); "

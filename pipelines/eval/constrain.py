@@ -160,3 +160,125 @@ def accepts_ner(answer: str, text: str, labels: Sequence[str], form: str = "dict
     return isinstance(value, list) and all(
         isinstance(item, dict) and list(item) == ["label", "text"] and item["label"] in labels
         and entity(item["text"]) for item in value)
+
+
+class _End(Exception):
+    """The answer ended where the language goes on: a prefix so far."""
+
+
+class _Bad(Exception):
+    """The answer left the language."""
+
+
+def _entity_codes(text: str) -> list[str]:
+    """Each character of `text` as `json.dumps(..., ensure_ascii=False)` writes it inside a string."""
+    return [json.dumps(ch, ensure_ascii=False)[1:-1] for ch in text]
+
+
+class _PrefixParser:
+    """Reads an answer of the `ner_grammar` language from its start; raises _End where the answer stops early and
+    _Bad where it leaves the language."""
+
+    def __init__(self, answer: str, text: str):
+        self.s, self.i, self.text = answer, 0, text
+        self.codes = set(_entity_codes(text))
+
+    def peek(self) -> str:
+        if self.i >= len(self.s):
+            raise _End
+        return self.s[self.i]
+
+    def lit(self, want: str) -> None:
+        for ch in want:
+            if self.peek() != ch:
+                raise _Bad
+            self.i += 1
+
+    def choose(self, options: Sequence[str]) -> str:
+        """Consume whichever of `options` (none a prefix of another) the answer continues with."""
+        start = self.i
+        live = list(options)
+        while True:
+            done = [o for o in live if self.i - start == len(o)]
+            if done:
+                return done[0]
+            ch = self.peek()
+            live = [o for o in live if o[self.i - start] == ch]
+            if not live:
+                raise _Bad
+            self.i += 1
+
+    def entity(self) -> None:
+        """`"` + a non-empty span of the text, each character written as json.dumps writes it, + `"`."""
+        self.lit('"')
+        decoded: list[str] = []
+        while True:
+            ch = self.peek()
+            if ch == '"':
+                if not decoded:
+                    raise _Bad
+                self.i += 1
+                return
+            if ch == "\\":  # an escape: \" \\ \n … or \u00XX, as long as json.dumps writes it
+                code = next((c for c in self.codes if c.startswith("\\") and self.s.startswith(c, self.i)), None)
+                if code is None:
+                    rest = self.s[self.i:]
+                    if any(c.startswith(rest) for c in self.codes if c.startswith("\\")):
+                        raise _End  # cut inside an escape that a character of the text has
+                    raise _Bad
+            else:
+                code = ch
+                if code not in self.codes:
+                    raise _Bad
+            decoded.append(json.loads(f'"{code}"'))
+            if "".join(decoded) not in self.text:
+                raise _Bad
+            self.i += len(code)
+
+    def entities(self) -> None:
+        """entity (", " entity)* "]" """
+        self.entity()
+        while self.choose([", ", "]"]) == ", ":
+            self.entity()
+
+    def dict_form(self, labels: list[str]) -> None:
+        self.lit("{")
+        keys = [json.dumps(label, ensure_ascii=False) + ": [" for label in labels]
+        if self.choose(["}", *keys]) == "}":
+            return
+        last = keys.index(self.s[self.i - len(next(k for k in keys if self.s.endswith(k, 0, self.i))):self.i])
+        while True:
+            self.entities()
+            later = keys[last + 1:]
+            if self.choose(["}", ", "] if later else ["}"]) == "}":
+                return
+            last = keys.index(self.choose(later))
+
+    def list_form(self, labels: list[str]) -> None:
+        self.lit("[")
+        if self.choose(["]", '{"label": ']) == "]":
+            return
+        while True:
+            self.choose([json.dumps(label, ensure_ascii=False) for label in labels])
+            self.lit(', "text": ')
+            self.entity()
+            self.lit("}")
+            if self.choose(["]", ", "]) == "]":
+                return
+            self.lit('{"label": ')
+
+
+def accepts_ner_prefix(answer: str, text: str, labels: Sequence[str], form: str = "dict") -> bool:
+    """Whether `answer` begins some answer of `ner_grammar(text, labels, form)` (a whole answer included): what a
+    constrained answer cut at `max_tokens` (`finish_reason: length`) must be."""
+    labels = _check(text, labels, form)
+    if not text or not labels:
+        return ("{}" if form == "dict" else "[]").startswith(answer)
+    parser = _PrefixParser(answer, text)
+    try:
+        parser.dict_form(labels) if form == "dict" else parser.list_form(labels)
+    except _End:
+        return True
+    except _Bad:
+        return False
+    return parser.i == len(answer)  # a whole answer, and nothing after it

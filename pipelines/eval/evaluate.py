@@ -580,6 +580,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipelines.eval import report
+
     args = parse_args(argv)
     try:
         metrics = run_eval(
@@ -598,7 +600,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys = tasks.get(metrics["task"]).summary
     for section, suffix in (("models", ""), ("constrained", " (constrained)")):
         for model, m in metrics.get(section, {}).items():
-            print(f"{model}{suffix}: n={m['n']} " + " ".join(f"{k}={m[k]:.4f}" for k in keys))
+            print(f"{model}{suffix}: n={m['n']} " + " ".join(
+                f"{k}={report.figure(k, m[k], (m.get('intervals') or {}).get(k))}" for k in keys))
+    if metrics["settings"].get("intervals"):
+        print(f"({metrics['settings']['intervals']['level'] * 100:g}% intervals in brackets; the comparisons are in "
+              "metrics.json and report.md)")
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.md'}")
     return 0
 

@@ -1,6 +1,9 @@
 """The evaluation report: OUT/report.md from metrics.json's content, with PNG plots made by matplotlib (Agg).
 
-`render_markdown` is pure (metrics + examples → text); `write_report` adds the plots and writes the files.
+`render_markdown` is pure (metrics + examples → text); `write_report` adds the plots and writes the files. Every
+figure that has an interval in metrics.json is shown as `0.654 [0.610, 0.700]` (the level said once), and the
+comparisons of the task's main and summary metrics as a table (`significance_lines`, which `python -m pipelines
+compare` prints with every comparison).
 """
 
 from __future__ import annotations
@@ -35,6 +38,84 @@ def _block(text: str) -> list[str]:
 
 
 CONSTRAINED = " (constrained)"
+#: Decimals of a figure: BLEU/ROUGE are on a 0-100 scale, lengths in characters; the rest are fractions.
+DIGITS = {"bleu_4": 2, "rouge_1": 2, "rouge_2": 2, "rouge_l": 2, "mean_length": 1, "mean_reference_length": 1}
+
+
+def figure(metric: str, value: Any, interval: dict[str, float] | None = None) -> str:
+    """`0.654 [0.610, 0.700]`: a figure and, when given, its interval."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "–" if value is None or value == "" else str(value)
+    digits = DIGITS.get(metric, 3)
+    text = f"{value:.{digits}f}"
+    if interval:
+        text += f" [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+    return text
+
+
+def difference(c: dict[str, Any]) -> tuple[str, str, str]:
+    """A comparison's Δ (signed), its interval and its p-value, formatted."""
+    digits = DIGITS.get(c["metric"], 3)
+    return (f"{c['diff']:+.{digits}f}", f"[{c['low']:+.{digits}f}, {c['high']:+.{digits}f}]", f"{c['p_value']:.3f}")
+
+
+def level_text(metrics: dict[str, Any]) -> str | None:
+    """`95% intervals: …`, said once; None for metrics without intervals (eval spec < 3)."""
+    how = (metrics.get("settings") or {}).get("intervals")
+    if not how:
+        return None
+    return (f"{how['level'] * 100:g}% intervals in brackets: {how['method']} over the records ({how['resamples']} "
+            f"resamples, seed {how['seed']}); comparisons: Δ = a − b on the same records, its paired bootstrap "
+            f"interval and the p-value of a two-sided paired approximate randomization test "
+            f"({how.get('permutations', how['resamples'])} permutations)")
+
+
+def scores_table(metrics: dict[str, Any]) -> list[str]:
+    """The report rows, one column per evaluated entry, each figure with its interval."""
+    ms = columns(metrics)
+    models = list(ms)
+    rows = tasks.get(metrics["task"]).rows
+    return _table(["metric", *(f"`{m}`" for m in models)],
+                  [[r, *(figure(r, ms[m].get(r, ""), (ms[m].get("intervals") or {}).get(r)) for m in models)]
+                   for r in rows if any(r in ms[m] for m in models)])
+
+
+def shown_comparisons(metrics: dict[str, Any], every: bool = False) -> list[dict[str, Any]]:
+    """The comparisons to show, main metric first: every one, or those of the main and summary metrics."""
+    spec = tasks.get(metrics["task"])
+    order = list(dict.fromkeys([spec.main_metric, *spec.summary, *spec.rows]))
+    wanted = order if every else order[:len(dict.fromkeys([spec.main_metric, *spec.summary]))]
+    found = [c for c in metrics.get("comparisons") or [] if c.get("metric") in wanted]
+    return sorted(found, key=lambda c: wanted.index(c["metric"]))
+
+
+def comparisons_table(found: Sequence[dict[str, Any]]) -> list[str]:
+    rows = []
+    for c in found:
+        diff, interval, p = difference(c)
+        reads = "a higher" if c["low"] > 0 else "a lower" if c["high"] < 0 else "not told apart"
+        rows.append([f"`{c['a']}`", f"`{c['b']}`", c["metric"], diff, interval, p, reads])
+    return _table(["a", "b", "metric", "Δ (a − b)", "interval", "p", "reads"], rows)
+
+
+def comparison_lines(metrics: dict[str, Any], every: bool = False) -> list[str]:
+    """The comparisons table (main metric first) and how many more metrics.json holds; none without comparisons."""
+    found = shown_comparisons(metrics, every)
+    if not found:
+        return []
+    lines = comparisons_table(found)
+    left = len(metrics.get("comparisons") or []) - len(found)
+    if left > 0:
+        lines += ["", f"{left} more comparisons (every report row) are in metrics.json's `comparisons` and in "
+                      "`python -m pipelines compare OUT`."]
+    return lines
+
+
+def significance_lines(metrics: dict[str, Any], every: bool = False) -> list[str]:
+    """The level, the scores with their intervals and the comparisons table (Markdown lines)."""
+    said = level_text(metrics)
+    found = comparison_lines(metrics, every)
+    return ([f"{said}.", ""] if said else []) + scores_table(metrics) + (["", *found] if found else [])
 
 
 def columns(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -82,10 +163,13 @@ def render_markdown(metrics: dict[str, Any], examples: Sequence[dict[str, Any]],
         if g:
             lines.append(f"- gold entities that are not spans of their input (no constrained answer can name them): "
                          f"{g['outside_input']} of {g['gold_entities']}")
-    lines += ["", "## Scores", ""]
-    rows = tasks.get(metrics["task"]).rows
-    lines += _table(["metric", *(f"`{m}`" for m in models)],
-                    [[r, *(ms[m].get(r, "") for m in models)] for r in rows if any(r in ms[m] for m in models)])
+    said = level_text(metrics)
+    if said:
+        lines.append(f"- {said}")
+    lines += ["", "## Scores", "", *scores_table(metrics)]
+    found = comparison_lines(metrics)
+    if found:
+        lines += ["", "## Comparisons", "", *found]
     if metrics["kind"] == "ner":
         types = gold_types(metrics)
         if types:

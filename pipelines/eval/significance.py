@@ -4,6 +4,8 @@ Every figure of the evaluation report is a ratio of sums (or a mean) of per-reco
 *sufficient statistics* (`record_stats`) are enough to recompute it on any resample of the records, exactly as
 `pipelines.eval.scoring` (and `evaluate.score`, which adds `mean_length` and `truncated_rate`) computes it on
 the full sample. The statistics are plain JSON (lists of ints and floats), to be saved beside the predictions.
+It is one module because the three kinds' statistics, their metrics and the resampling share one layout of
+counts: splitting them would spread that layout over files that must change together.
 
 * `metrics_from_stats`: every metric, on the full sample (floats equal to the scorer's, bit for bit) or on a
   [B, n] matrix of resampled record indices (arrays of B figures), by matrix products over [n, k] counts.

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.common.flags import FlagError, env_flag
+from pipelines.common.errors import PipelinesError
+from pipelines.common.flags import FlagError, env_flag, env_int
 from pipelines.common.paths import ROOT, TINY_BASE
 from pipelines.eval import tasks
 from pipelines.eval.report import columns as report_columns
@@ -77,7 +78,7 @@ def plan(profile_name: str, model: str | None, run_dir: Path, port: int, raw: di
          samples: int | None, eval_limit: int | None) -> list[Stage]:
     """The ordered stages of one run. Pure: DRY_RUN prints it and the tests check it."""
     if profile_name not in PROFILES:
-        raise SystemExit(f"`PROFILE={profile_name}` is unknown; use one of: {', '.join(PROFILES)}.")
+        raise PipelinesError(f"`PROFILE={profile_name}` is unknown; use one of: {', '.join(PROFILES)}.")
     p = PROFILES[profile_name]
     model = model or p.default_model
     names = list(p.configs)
@@ -179,6 +180,7 @@ def headline(run_dir: Path, base: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     try:
         dry_default = env_flag("DRY_RUN")
+        port, samples, eval_limit = env_int("PORT") or 8000, env_int("SAMPLES"), env_int("EVAL_LIMIT")
     except FlagError as e:
         print(f"make all: {e}", file=sys.stderr)
         return 2
@@ -186,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default=os.environ.get("PROFILE") or "cpu", choices=sorted(PROFILES))
     ap.add_argument("--model", default=os.environ.get("MODEL") or None, help="base model path or hub id")
     ap.add_argument("--run", default=os.environ.get("RUN") or time.strftime("run-%Y%m%d-%H%M%S"))
-    ap.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
+    ap.add_argument("--port", type=int, default=port)
     ap.add_argument("--cluener-dir", default=os.environ.get("CLUENER_DIR") or None)
     ap.add_argument("--ruozhiba-file", default=os.environ.get("RUOZHIBA_FILE") or None)
-    ap.add_argument("--samples", type=int, default=int(os.environ.get("SAMPLES") or 0) or None,
+    ap.add_argument("--samples", type=int, default=samples,
                     help="max training samples per adapter (LLaMA-Factory max_samples)")
-    ap.add_argument("--eval-limit", type=int, default=int(os.environ.get("EVAL_LIMIT") or 0) or None)
+    ap.add_argument("--eval-limit", type=int, default=eval_limit)
     ap.add_argument("--dry-run", action="store_true", default=dry_default, help="print every command, run none")
     args = ap.parse_args(argv)
 

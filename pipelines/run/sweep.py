@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import device
+from pipelines.common.errors import PipelinesError
 from pipelines.common.io import read_json, write_json
 from pipelines.common.net import free_port
 from pipelines.common.paths import SERVE_DIR, rel, resolve
@@ -50,7 +51,7 @@ MAX_LORAS = {"cpu": 4, "cuda": 8}
 PLOTS = "plots"
 
 
-class SweepError(RuntimeError):
+class SweepError(PipelinesError, RuntimeError):
     """One sentence; `main` prints it."""
 
 

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 
 import httpx
 
+from pipelines.common.errors import PipelinesError
 
-class ServeError(RuntimeError):
+
+class ServeError(PipelinesError, RuntimeError):
     """A failure of the running server (start, status, load); one sentence. `pid`: the server's, if one ran."""
 
     def __init__(self, message: str, pid: int | None = None):

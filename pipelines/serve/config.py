@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.io import read_json, weights_fingerprint
 from pipelines.common.lora import VLLM_LORA_RANKS, round_rank
 from pipelines.common.net import port_free
@@ -31,7 +32,7 @@ WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class ServeConfigError(ValueError):
+class ServeConfigError(PipelinesError, ValueError):
     """All the problems found at once; str() gives one sentence per line."""
 
     def __init__(self, problems: list[str]):
@@ -99,6 +100,17 @@ def extra_flags(extra: list[str]) -> set[str]:
     return {f for f in map(flag_name, extra) if f}
 
 
+def owned_flags(extra: list[str]) -> list[tuple[str, str]]:
+    """(flag as given, the launcher's flag) for each flag of `extra` that names one the launcher builds: exactly,
+    or as a prefix of it (vLLM's argparse accepts a unique prefix, `--hos` for `--host`, and `--flag=value`)."""
+    hits = []
+    for given in sorted(extra_flags(extra)):
+        for flag in sorted(OWNED_FLAGS):
+            if len(given) > 2 and flag.startswith(given):
+                hits.append((given, flag))
+    return hits
+
+
 def _suggest(key: str) -> str:
     close = difflib.get_close_matches(key, KEYS, n=1)
     return f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(KEYS)}."
@@ -149,8 +161,9 @@ def from_dict(raw: dict, source: str = "<dict>") -> ServeConfig:
         problems.append(f"`extra_args` in `{source}` must be a list of strings, e.g. [\"--enforce-eager\"].")
         extra = []
     extra = [str(x) for x in extra]
-    for flag in sorted(extra_flags(extra) & OWNED_FLAGS.keys()):
-        problems.append(f"`extra_args` in `{source}` sets `{flag}`, which the launcher builds itself; "
+    for given, flag in owned_flags(extra):
+        said = f"`{flag}`" if given == flag else f"`{given}` (argparse reads it as `{flag}`)"
+        problems.append(f"`extra_args` in `{source}` sets {said}, which the launcher builds itself; "
                         f"use {OWNED_FLAGS[flag] if ' ' in OWNED_FLAGS[flag] else '`' + OWNED_FLAGS[flag] + '`'} "
                         "instead.")
     problems += _deploy_problems(raw, source)
@@ -196,12 +209,39 @@ def _deploy_problems(raw: dict, source: str) -> list[str]:
     return problems
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a mapping with the same key twice (PyYAML keeps the last one silently: an
+    adapter named twice would serve only the second folder)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        if isinstance(node, yaml.MappingNode):
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hashable = hash(key) is not None
+                except TypeError:
+                    hashable = False
+                if hashable and key in seen:
+                    raise DuplicateKeyError(f"the key `{key}` appears twice (lines {seen[key]} and "
+                                            f"{key_node.start_mark.line + 1})")
+                if hashable:
+                    seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | Path, port: int | None = None) -> ServeConfig:
     p = Path(path)
     if not p.is_file():
         raise ServeConfigError([f"serve config `{path}` does not exist; see serve/ for examples."])
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
+    except DuplicateKeyError as e:
+        raise ServeConfigError([f"`{path}`: {e}; keep one of them."]) from e
     except yaml.YAMLError as e:
         raise ServeConfigError([f"`{path}` is not valid YAML: {str(e).splitlines()[0]}."]) from e
     cfg = from_dict(raw, source=str(path))

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.paths import CONF_DIR, ROOT
 
 #: String keys that LLaMA-Factory also takes as a YAML list.
 LIST_KEYS = ("dataset", "eval_dataset", "lora_target", "additional_target", "adapter_name_or_path")
 
 
-class CheckError(Exception):
+class CheckError(PipelinesError):
     """The config cannot be read at all (missing file, bad YAML, bad override): one sentence."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.common import lfcli
+from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, env_flag
 from pipelines.common.paths import is_local, resolve
 from pipelines.train.manifest import read_manifest
@@ -29,7 +30,7 @@ DEFAULT_TEMPLATE = "qwen"
 EXPORT_YAML = "pipelines_export.yaml"
 
 
-class ExportError(Exception):
+class ExportError(PipelinesError):
     """One sentence naming the file or key and what to do."""
 
 

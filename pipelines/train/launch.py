@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.common import device, lfcli
+from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, config_flag, env_flag
 from pipelines.common.paths import ROOT, TINY_BASE, TINY_MODEL, is_local, rel, resolve
 from pipelines.train import check, config
@@ -49,7 +50,7 @@ INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), 
 STOP_GRACE_S = 30.0  # seconds between SIGTERM and SIGKILL when a run is interrupted
 
 
-class TrainError(Exception):
+class TrainError(PipelinesError):
     """A one-sentence problem with the launch settings; `main` prints it without a traceback."""
 
 
