@@ -27,6 +27,10 @@ EVAL_OUT   ?= results/eval
 CONSTRAIN  ?= none
 # more `python -m pipelines eval` options, e.g. EVAL_ARGS=--fresh
 EVAL_ARGS  ?=
+# a served model that judges the answers (`make eval JUDGE=…`); empty: no judge
+JUDGE      ?=
+# `make lock KIND=cpu|cuda`: the machine kind a lock is resolved for (default: this machine's)
+KIND       ?=
 LIMIT      ?=
 DATA_DIR   ?= data
 CLUENER_DIR   ?= data/raw/cluener_sample
@@ -56,7 +60,7 @@ export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT DEEPSPEED RESUME 
        CLUENER_DIR RUOZHIBA_FILE SAMPLES EVAL_LIMIT RUN
 
 .PHONY: help setup lock tiny-model tiny-base data download lengths check train export sweep serve serve-status \
-        serve-stop lora-load lora-unload deploy eval parity all bench test test-real lint clean
+        serve-stop lora-load lora-unload deploy eval parity all gpu-check bench test test-real lint clean
 
 help: ## list the targets (colour only on a terminal, never with NO_COLOR set)
 	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then c=$$(printf '\033[36m'); r=$$(printf '\033[0m'); fi; \
@@ -75,11 +79,8 @@ tiny-model: setup ## build models/tiny-qwen2: a Qwen2 model with random weights 
 tiny-base: tiny-model ## pre-train the tiny model on the CPU (LLaMA-Factory stage pt) into models/tiny-qwen2-base (cached)
 	@$(CLI) tiny-base
 
-data: setup ## convert the raw data (bundled samples, or CLUENER_DIR= / RUOZHIBA_FILE=) into data/*.json + dataset_info.json
-	@$(CLI) convert cluener --raw $(call q,$(CLUENER_DIR)) --out-dir $(call q,$(DATA_DIR))
-	@$(CLI) convert ruozhiba --raw $(call q,$(RUOZHIBA_FILE)) --out-dir $(call q,$(DATA_DIR))
-	@$(CLI) convert huanhuan --raw data/raw/huanhuan_sample.json --out-dir $(call q,$(DATA_DIR))
-	@$(CLI) convert classification --raw data/raw/classification_sample.json --out-dir $(call q,$(DATA_DIR))
+data: setup ## convert every registered data set's bundled sample (or CLUENER_DIR= / RUOZHIBA_FILE=) into data/*.json + dataset_info.json
+	@$(CLI) data --out-dir $(call q,$(DATA_DIR)) --raw $(call q,cluener=$(CLUENER_DIR)) --raw $(call q,ruozhiba=$(RUOZHIBA_FILE))
 
 download: setup ## fetch the official CLUENER zip and hfl/ruozhiba_gpt4 (needs a network), checksums verified
 	@$(CLI) download --out downloads
@@ -128,6 +129,9 @@ parity: ## check that training (LLaMA-Factory template) and serving (chat templa
 
 all: setup ## the whole pipeline into results/RUN (PROFILE=cpu|gpu, MODEL=, CLUENER_DIR=, SAMPLES=, EVAL_LIMIT=, DRY_RUN=1)
 	@$(CLI) all
+
+gpu-check: setup ## on a CUDA machine: train (1 GPU, torchrun, DeepSpeed), serve, eval, deploy in minutes; results/gpu-check/ (MODEL=, DRY_RUN=1)
+	@$(CLI) gpu-check $(call qs,$(ARGS))
 
 bench: tiny-base ## benchmarks against the seeds' way (ARGS="--quick --repeats 1"): tables, bench/results/*.json, BENCHMARKS.md
 	@$(CLI) bench all $(call qs,$(ARGS))

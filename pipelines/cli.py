@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-base": ("pipelines.models.pretrain", "pre-train the tiny model on the CPU into the demo's base (cached)"),
     "shaped-model": ("pipelines.models.shaped", "a random-weight model with Qwen2.5's shape, for GPU throughput"),
     "samples": ("pipelines.data.samples", "rewrite the bundled raw samples of data/raw/"),
+    "data": ("pipelines.data.bundled", "convert every registered data set's bundled sample (or --raw NAME=PATH)"),
     "convert": ("pipelines.data.convert", "convert a raw data set into alpaca files and data/dataset_info.json"),
     "download": ("pipelines.data.download", "fetch the official CLUENER zip and ruozhiba (needs a network)"),
     "lengths": ("pipelines.data.lengths", "token-length percentiles of a data set; suggests cutoff_len"),
@@ -32,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("pipelines.eval.compare", "recompute an evaluation's intervals and paired comparisons, offline"),
     "constrain": ("pipelines.eval.constraints", "print the structured-outputs extra_body that constrains a task's answer"),
     "all": ("pipelines.run.pipeline", "the whole pipeline into results/<run>: data, train, serve, eval, report"),
+    "gpu-check": ("pipelines.run.gpu_check", "prove a CUDA install: train (1 GPU, torchrun, DeepSpeed), serve, eval, deploy"),
     "run-report": ("pipelines.run.report", "rewrite the report of a `make all` run folder"),
     "bench": ("pipelines.bench.__main__", "benchmarks against the seeds' way and of constrained decoding; BENCHMARKS.md"),
 }

@@ -294,6 +294,33 @@ def assert_checker_agrees(rows: list[dict], form: str) -> None:
 # ------------------------------------------------------------------------------------ request fields
 
 
+def _xgr_prefix(grammar: str):
+    compiled = _COMPILER.compile_grammar(xgr.Grammar.from_ebnf(grammar))
+
+    def begins(answer: str) -> bool:
+        return xgr.GrammarMatcher(compiled, terminate_without_stop_token=True).accept_string(answer)
+
+    return begins
+
+
+@pytest.mark.parametrize("form", constrain.NER_FORMS)
+def test_accepts_ner_prefix_agrees_with_xgrammar_on_every_cut(form):
+    """What the evaluator checks a cut answer (`finish_reason: length`) with: every prefix of an answer that
+    xgrammar's matcher accepts, and no other (issue 24, item 6)."""
+    text = TEXT + '"\\\n'
+    begins = _xgr_prefix(ner_grammar(text, CLUENER_TYPES, form))
+    answers = [GOLD[form], "{}" if form == "dict" else "[]",
+               GOLD[form].replace("叶老桂", "张三"), GOLD[form].replace("叶老桂", '"\\\n'),
+               GOLD[form].replace("叶老桂", json.dumps('"\\\n')[1:-1]), GOLD[form] + " ", GOLD[form][:-1] + ", "]
+    checked = 0
+    for answer in answers:
+        for k in range(len(answer) + 1):
+            cut = answer[:k]
+            assert constrain.accepts_ner_prefix(cut, text, CLUENER_TYPES, form) == begins(cut), cut
+            checked += 1
+    assert checked > 300
+
+
 def test_request_fields():
     grammar = ner_grammar(TEXT, CLUENER_TYPES, "list")
     assert ner_structured_outputs(TEXT, CLUENER_TYPES, "list") == {"grammar": grammar}

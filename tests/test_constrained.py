@@ -80,7 +80,13 @@ def test_constrained_run_sends_structured_outputs_and_reports_both(tmp_path, ner
     assert set(m["models"]) == set(m["constrained"]) == {"base", "adapter"}
     assert m["constrained"]["adapter"]["micro_f1"] == 1.0 == m["models"]["adapter"]["micro_f1"]
     assert m["settings"]["constraint"]["kind"] == "spans" and m["settings"]["constraint"]["form"] == "dict"
-    assert m["eval_spec_version"] == "2"
+    assert m["eval_spec_version"] == "3"
+    # every pair of entries, plain and constrained alike, the later one `a`; intervals for the constrained too
+    assert {(c["a"], c["b"]) for c in m["comparisons"]} == {
+        ("base (constrained)", "base"), ("adapter", "base"), ("adapter (constrained)", "base"),
+        ("adapter", "base (constrained)"), ("adapter (constrained)", "base (constrained)"),
+        ("adapter (constrained)", "adapter")}
+    assert m["constrained"]["adapter"]["intervals"]["micro_f1"] == {"low": 1.0, "high": 1.0}
     bodies = srv.completions
     constrained = [b for b in bodies if "structured_outputs" in b]
     assert len(constrained) == 2 * n and len(bodies) == 4 * n
@@ -100,6 +106,27 @@ def test_a_server_that_ignores_the_constraint_stops_after_the_probe(tmp_path, ne
                  constrain="auto")
     assert len(srv.completions) == constraints.PROBE  # seconds, not a whole run
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_cut_answers_are_checked_as_prefixes(tmp_path, ner_val: Path):
+    """A server that ignores the constraint and cuts every answer (`finish_reason: length`) is caught: a cut answer
+    must begin an answer of the constraint's language (issue 24, item 6); a cut answer that does passes."""
+    invent = {"adapter": lambda r: '{"name": ["不在文中'}
+    with GoldEcho(ner_val, answers=invent, finish_reason="length") as srv, \
+            pytest.raises(EvalError, match=r"record `.*` was answered .*, which, cut at max_tokens, begins no answer "
+                                           r"of entities that are spans of the input"):
+        run_eval(srv.url, "cluener", ner_val, ["adapter"], tmp_path / "a", retry=FAST_RETRY, progress=False,
+                 constrain="auto")
+    assert len(srv.completions) == constraints.PROBE
+    begun = {"adapter": lambda r: r["output"][:len(r["output"]) // 2]}  # a prefix of the gold answer
+    with GoldEcho(ner_val, answers=begun, finish_reason="length") as srv:
+        records = [r for r in load_records(ner_val)
+                   if all(e in r["input"] for _, e in parse_entities(r["output"]).entities)]
+        data = tmp_path / "inside.json"
+        data.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+        metrics = run_eval(srv.url, "cluener", data, ["adapter"], tmp_path / "b", retry=FAST_RETRY,
+                           progress=False, constrain="auto")
+    assert metrics["constrained"]["adapter"]["n"] == len(records)
 
 
 def test_a_server_that_refuses_the_grammar_says_so(tmp_path, ner_val: Path):
@@ -128,6 +155,24 @@ def test_answers_are_reused_only_from_the_same_weights(tmp_path, ner_val: Path, 
                      fresh=True)
         assert len(srv.completions) == 3 * n and m["models"]["adapter"]["micro_f1"] == 1.0
     assert list((tmp_path / "out" / "adapter").glob("predictions.*.jsonl.old"))  # set aside, not deleted
+
+
+def test_an_adapter_without_a_manifest_is_a_new_model_when_its_base_changes(tmp_path, ner_val: Path):
+    """Its identity holds its local base's weights fingerprint, read from `adapter_config.json` (issue 24, item 7)."""
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    base.mkdir()
+    adapter.mkdir()
+    (base / "model.safetensors").write_bytes(b"base v1")
+    (adapter / "adapter_model.safetensors").write_bytes(b"adapter weights")
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base), "r": 8}))
+    n = len(load_records(ner_val))
+    with GoldEcho(ner_val, roots={"adapter": str(adapter)}) as srv:
+        for _ in range(2):
+            run_eval(srv.url, "cluener", ner_val, ["adapter"], tmp_path / "out", retry=FAST_RETRY, progress=False)
+        assert len(srv.completions) == n  # the same base: reused
+        (base / "model.safetensors").write_bytes(b"base v2, rebuilt")
+        run_eval(srv.url, "cluener", ner_val, ["adapter"], tmp_path / "out", retry=FAST_RETRY, progress=False)
+        assert len(srv.completions) == 2 * n  # another base: asked again
 
 
 def test_distinct_names_get_distinct_folders(tmp_path, ner_val: Path):

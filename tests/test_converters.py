@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,25 @@ def test_classification_exact_and_errors():
         with pytest.raises(RowError) as e:
             converters.classification(bad)
         assert e.value.reason == reason
+
+
+def test_make_data_converts_every_registered_sample_in_registry_order(tmp_path):
+    from pipelines.common.paths import RAW_DIR
+    from pipelines.data import bundled, converters
+
+    runs = bundled.plan({"cluener": "downloads/datasets/cluener2020"}, tmp_path)
+    with_sample = [n for n, c in converters.REGISTRY.items() if c.sample]
+    assert [r[0] for r in runs] == with_sample and "alpaca" not in with_sample
+    assert runs[0] == ["cluener", "--raw", "downloads/datasets/cluener2020", "--out-dir", str(tmp_path)]
+    assert all(Path(r[2]).exists() for r in runs[1:]) and runs[1][2] == str(RAW_DIR / "ruozhiba_sample.json")
+    assert bundled.main(["--out-dir", str(tmp_path)]) == 0
+    info = json.loads((tmp_path / "dataset_info.json").read_text(encoding="utf-8"))
+    assert {f"{n}_train" for n in with_sample} <= set(info)
+
+
+def test_make_data_refuses_an_unknown_name():
+    from pipelines.common.errors import PipelinesError
+    from pipelines.data import bundled
+
+    with pytest.raises(PipelinesError, match="unknown converter `cluenr`; did you mean `cluener`"):
+        bundled.main(["--raw", "cluenr=x"])

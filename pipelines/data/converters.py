@@ -45,6 +45,7 @@ class Converter:
     # What identifies a row: the same key with the same record is a repeat, with another record a conflict
     # (`pipelines.data.convert`); a key holding the answer, as this default does, admits no conflicts.
     key: Callable[[dict], tuple] = lambda r: (r["system"], r["instruction"], r["input"], r["output"])
+    sample: str | None = None  # its bundled raw sample under data/raw/ (`make data` converts every one)
 
 
 REGISTRY: dict[str, Converter] = {}
@@ -170,7 +171,7 @@ def cluener_target(entities: list[tuple[str, str, int]], fmt: str = "dict") -> s
     raise ValueError(f"unknown CLUENER format `{fmt}`; use one of {', '.join(CLUENER_FORMATS)}")
 
 
-@register("cluener", raw_format="lines", layout="cluener", key=lambda r: (r["input"],))
+@register("cluener", raw_format="lines", layout="cluener", key=lambda r: (r["input"],), sample="cluener_sample")
 def cluener(row: object, fmt: str = "dict") -> dict:
     row = _obj(row)
     text = _text(row, "text")
@@ -190,7 +191,7 @@ def _alpaca(row: object, system: str | None = None) -> dict:
                    _text(row, "output"), own_system if system is None else system)
 
 
-@register("ruozhiba", raw_format="list")
+@register("ruozhiba", raw_format="list", sample="ruozhiba_sample.json")
 def ruozhiba(row: object, fmt: str = "dict") -> dict:
     """hfl/ruozhiba_gpt4 (gpt4o / gpt4t): already {instruction, input, output}; the model's default system."""
     return _alpaca(row, system="")
@@ -199,7 +200,7 @@ def ruozhiba(row: object, fmt: str = "dict") -> dict:
 HUANHUAN_SYSTEM = "现在你要扮演皇帝身边的女人——甄嬛。请以甄嬛的身份和口吻回答。"
 
 
-@register("huanhuan", raw_format="list", duplicates="keep")
+@register("huanhuan", raw_format="list", duplicates="keep", sample="huanhuan_sample.json")
 def huanhuan(row: object, fmt: str = "dict") -> dict:
     """huanhuan-chat role-play: already alpaca; the role is set by the system prompt."""
     return _alpaca(row, system=HUANHUAN_SYSTEM)
@@ -225,7 +226,8 @@ def classification_categories(instruction: str) -> list[str] | None:
 
 
 # The key is the question without its answer: the same text with another label is a conflict, not a new row.
-@register("classification", raw_format="any", key=lambda r: (r["system"], r["instruction"], r["input"]))
+@register("classification", raw_format="any", key=lambda r: (r["system"], r["instruction"], r["input"]),
+          sample="classification_sample.json")
 def classification(row: object, fmt: str = "dict") -> dict:
     """zh_cls_fudan-news style: `{"text", "category": [candidates], "output": label}` (`label` also read)."""
     row = _obj(row)

@@ -244,9 +244,10 @@ class _PrefixParser:
     def dict_form(self, labels: list[str]) -> None:
         self.lit("{")
         keys = [json.dumps(label, ensure_ascii=False) + ": [" for label in labels]
-        if self.choose(["}", *keys]) == "}":
+        first = self.choose(["}", *keys])
+        if first == "}":
             return
-        last = keys.index(self.s[self.i - len(next(k for k in keys if self.s.endswith(k, 0, self.i))):self.i])
+        last = keys.index(first)
         while True:
             self.entities()
             later = keys[last + 1:]

@@ -53,12 +53,15 @@ def record_constraint(task: Task, record: dict[str, str], form: str | None) -> d
     return None
 
 
-def obeys(task: Task, record: dict[str, str], form: str | None, answer: str) -> bool:
-    """Whether an answer lies in the language its record's constraint admits."""
+def obeys(task: Task, record: dict[str, str], form: str | None, answer: str, cut: bool = False) -> bool:
+    """Whether an answer lies in the language its record's constraint admits; `cut` (`finish_reason: length`):
+    whether it begins an answer of that language."""
     if task.constraint == "spans":
-        return constrain.accepts_ner(answer, record.get("input") or "", task.labels, form or "dict")
+        check = constrain.accepts_ner_prefix if cut else constrain.accepts_ner
+        return check(answer, record.get("input") or "", task.labels, form or "dict")
     if task.constraint == "choice":
-        return answer in (classification_categories(record["instruction"]) or [])
+        choices = classification_categories(record["instruction"]) or []
+        return any(c.startswith(answer) for c in choices) if cut else answer in choices
     return True
 
 

@@ -458,15 +458,16 @@ def write(s: EvalSettings, plan: Plan, metrics: dict[str, Any], answers: Mapping
 
 def _check_obeyed(spec: tasks.Task, records: Sequence[dict[str, str]], form: str | None, answers: Sequence[str],
                   base_url: str, model: str, finish: Sequence[str | None] | None = None) -> None:
-    """Every finished constrained answer lies in its constraint's language, or the run stops: a server that ignores
-    `structured_outputs` (vLLM before 0.12 read other fields; some servers drop unknown ones silently) would
-    otherwise pass unconstrained answers off as constrained."""
+    """Every finished constrained answer lies in its constraint's language, and every answer cut at max_tokens
+    (`finish_reason: length`) begins one, or the run stops: a server that ignores `structured_outputs` (vLLM before
+    0.12 read other fields; some servers drop unknown ones silently) would otherwise pass unconstrained answers off
+    as constrained."""
     for i, (r, a) in enumerate(zip(records, answers)):
-        if finish is not None and finish[i] == "length":
-            continue  # cut at max_tokens: incomplete by construction
-        if not constraints.obeys(spec, r, form, a):
+        cut = finish is not None and finish[i] == "length"
+        if not constraints.obeys(spec, r, form, a, cut=cut):
+            what = ", cut at max_tokens, begins no answer of" if cut else " is not"
             raise EvalError(f"the server at `{base_url}` did not obey `structured_outputs` for `{model}`: record "
-                            f"`{r['id']}` was answered {a[:60]!r}, which is not {constraints.describe(spec)}; serve "
+                            f"`{r['id']}` was answered {a[:60]!r}, which{what} {constraints.describe(spec)}; serve "
                             "with vLLM >= 0.12 and a structured-output backend (`--structured-outputs-config.backend "
                             "xgrammar` in the serve config's `extra_args`) and rerun with `--fresh` (which sets the "
                             "answers it gave aside), or evaluate with `--constrain none`.")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pipelines.common.io import weights_fingerprint
+from pipelines.common.io import read_json, weights_fingerprint
+from pipelines.common.paths import is_local, resolve
 from pipelines.eval import EvalError
 
 PREDICTIONS = "predictions.jsonl"
@@ -40,12 +41,29 @@ def predictions_path(out: Path, model: str) -> Path:
 
 def model_identity(info: dict[str, Any]) -> dict[str, Any]:
     """What a served name stands for: `root` (the model or adapter path the server loaded), `parent` (an adapter's
-    base) and, when `root` is a folder on this machine, its weights' fingerprint."""
+    base) and, when `root` is a folder on this machine, its weights' fingerprint; for an adapter folder whose
+    `adapter_config.json` names a local base, that base's weights' fingerprint too (`base_weights`), so that an
+    adapter without a training manifest (saved with peft, downloaded) is a new model once its base changes."""
     root, parent = info.get("root"), info.get("parent")
-    fingerprint = None
+    fingerprint = base = None
     if isinstance(root, str) and root and Path(root).is_dir():
         fingerprint = weights_fingerprint(root)
-    return {"root": root, "parent": parent, "weights": fingerprint}
+        base = adapter_base_fingerprint(Path(root))
+    identity = {"root": root, "parent": parent, "weights": fingerprint}
+    if base is not None:  # only for adapters with a local base: every other identity (and its saved key) as before
+        identity["base_weights"] = base
+    return identity
+
+
+def adapter_base_fingerprint(folder: Path) -> str | None:
+    """The weights fingerprint of the local base named by `folder/adapter_config.json`; None for no adapter, a
+    hub-id base or a base not on this machine."""
+    conf = read_json(folder / "adapter_config.json")
+    base = conf.get("base_model_name_or_path") if isinstance(conf, dict) else None
+    if not isinstance(base, str) or not base or not is_local(base):
+        return None
+    path = resolve(base)
+    return weights_fingerprint(path) if path.is_dir() else None
 
 
 def answer_key(request: dict[str, Any], identity: dict[str, Any]) -> str:
