@@ -193,3 +193,18 @@ def test_unreadable_configs(tmp_path, capsys):
         assert check.main(argv) == 1
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("lora_rank=-8", "`lora_rank: -8` must be a whole number of at least 1"),
+    ("lora_rank=0", "`lora_rank: 0` must be a whole number of at least 1"),
+    ("max_samples=0", "`max_samples: 0` must be a whole number of at least 1"),
+    ("learning_rate=0.0", "`learning_rate: 0.0` must be a finite number above 0"),
+    ("num_train_epochs=-1", "`num_train_epochs: -1` must be a finite number above 0"),
+])
+def test_numbers_that_train_nothing_are_refused(override, expected, converted_data_dir, tiny_base_dir):
+    """LLaMA-Factory's parser takes them and training fails (or trains nothing) later (issue 24, item 13)."""
+    report = check.check_config(ROOT / TINY, [f"dataset_dir={converted_data_dir}", override],
+                                measure_lengths=False, gpu=False)
+    assert not report.ok and len(report.problems) == 1, report.render()
+    assert report.problems[0].startswith(expected), report.problems

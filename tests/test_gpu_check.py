@@ -39,6 +39,8 @@ def test_the_train_steps_are_make_trains_commands(tmp_path):
         assert {k: v for k, v in st.env.items() if v} == env and st.needs == ("tiny-base", "data")
         cmd, lf_env = build_launch("conf/tiny_lora_cluener.yaml", overrides, {**ENV, **st.env})
         assert st.shown[0].endswith(gpu_check._fmt(cmd))  # the launcher's own builder
+        assert (lf_env.get("FORCE_TORCHRUN") == "1") is (name != "train")
+        assert lf_env["PATH"].split(":")[0] == str(ROOT / ".venv" / "bin")  # where torchrun is found
         assert st.shown[0].split()[st.shown[0].split().index(".venv/bin/llamafactory-cli") + 1] == "train"
     assert "FORCE_TORCHRUN" not in steps["train"].shown[0] and "NPROC_PER_NODE" not in steps["train"].shown[0]
     assert steps["torchrun"].shown[0].startswith("NPROC_PER_NODE=2 FORCE_TORCHRUN=1 ")
@@ -76,7 +78,7 @@ def test_the_eval_step_is_the_makefiles_eval_line(tmp_path):
     make = subprocess.run(["make", "-n", "--no-print-directory", "eval", f"BASE_URL={value['--base-url']}",
                            f"TASK={value['--task']}", f"EVAL_DATA={value['--data']}", f"EVAL_OUT={value['--out']}",
                            f"MODELS={gpu_check.BASE_NAME} cluener", f"MODEL={value['--tokenizer']}",
-                           "CONSTRAIN=both"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                           "CONSTRAIN=both", "EVAL_ARGS=--fresh"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert make.returncode == 0, make.stderr
     assert shlex.split(make.stdout.replace("\\\n", " "))[1:] == ev[1:]  # the same arguments after the interpreter
 
@@ -110,9 +112,9 @@ def test_execute_never_passes_a_step_that_did_not_run(tmp_path, monkeypatch):
              gpu_check.Step("deepspeed", "s", ok, missing="no deepspeed in .venv"),
              gpu_check.Step("serve", "v", [sys.executable, "-c", "raise SystemExit(3)"], needs=("train",)),
              gpu_check.Step("eval", "e", ok, needs=("serve",))]
-    stops = []
-    monkeypatch.setattr(gpu_check.subprocess, "run", lambda argv, **kw: (
-        stops.append(argv) if "stop" in argv else None) or subprocess.run(argv, **kw))
+    stops, real_run = [], subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: (
+        stops.append(argv) if "stop" in argv else None) or real_run(argv, **kw))
     rows = gpu_check.execute(steps, tmp_path, 8011)
     got = {r["step"]: (r["ok"], r.get("reason")) for r in rows}
     assert got == {"data": ("yes", None), "train": ("yes", None),
@@ -150,3 +152,14 @@ def test_make_gpu_check_is_thin(target):
     res = subprocess.run(["make", "-n", "--no-print-directory", target, "ARGS=--port 8012"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "-m pipelines gpu-check '--port' '8012'" in res.stdout, res.stdout
+
+
+def test_a_started_server_is_stopped_even_when_a_later_step_fails(tmp_path, monkeypatch):
+    steps = [gpu_check.Step("serve", "v", [sys.executable, "-c", "pass"]),
+             gpu_check.Step("eval", "e", [sys.executable, "-c", "raise SystemExit(1)"], needs=("serve",))]
+    calls, real_run = [], subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: calls.append(argv) or real_run(
+        [sys.executable, "-c", "pass"] if "stop" in argv else argv, **kw))
+    rows = gpu_check.execute(steps, tmp_path, 8011)
+    assert [r["ok"] for r in rows] == ["yes", "FAILED"] and rows[1]["figure"] == "exit 1"
+    assert calls[-1][-5:] == ["serve", "stop", str(tmp_path / "serve.yaml"), "--port", "8011"]

@@ -69,6 +69,35 @@ def test_sized_config_follows_the_model():
     assert run_all.sized("conf/tiny_lora_cluener.yaml", "models/tiny-qwen2-base") == "conf/tiny_lora_cluener.yaml"
 
 
+def test_criteria_decide_better_by_the_interval_of_the_difference():
+    from pipelines.run import report as run_report
+
+    def cmp(a, b, metric, low, high, p=0.001):
+        return {"a": a, "b": b, "metric": metric, "diff": (low + high) / 2, "low": low, "high": high, "p_value": p}
+
+    ner_fig = {"invalid_json_rate": 0.0, "trailing_text_rate": 0.0, "type_f1": 0.8, "micro_f1": 0.1,
+               "intervals": {"type_f1": {"low": 0.7, "high": 0.9}}}
+    ner = {"models": {"b": {**ner_fig, "invalid_json_rate": 1.0, "type_f1": 0.0}, "ner": ner_fig},
+           "constrained": {"ner": {**ner_fig, "micro_f1": 0.6}},
+           "comparisons": [cmp("ner", "b", "type_f1", 0.6, 0.9),
+                           cmp("ner (constrained)", "ner", "micro_f1", -0.01, 0.9, 0.2)]}
+    gen = {"models": {"b": {"rouge_l": 5.0}, "gen": {"rouge_l": 6.0}},
+           "comparisons": [cmp("b", "gen", "rouge_l", -3.0, -1.0)]}  # stored as base - adapter: turned round
+    held = {v.text: v for v in run_report.check_criteria(ner, gen, "b", "ner", "gen")}
+    assert [v.ok for v in held.values()] == [True, True, True, True, True, False]
+    assert held["NER adapter type-F1 ≥ 0.6 and better than the base"].detail == \
+        "`ner` type_f1 0.800 [0.700, 0.900]; Δ type_f1 `ner` − `b` +0.750 [+0.600, +0.900], p 0.001"
+    assert held["generation adapter ROUGE-L better than the base"].detail == \
+        "Δ rouge_l `gen` − `b` +2.00 [+1.00, +3.00], p 0.001"
+    # the constrained adapter's interval reaches below 0: not shown better, whatever its point figure
+    assert "[-0.010, +0.900], p 0.200" in held["NER adapter constrained entity micro-F1 ≥ 0.5 and better than "
+                                               "unconstrained"].detail
+    no_comparisons = run_report.check_criteria({**ner, "comparisons": []}, gen, "b", "ner", "gen")
+    assert not no_comparisons[3].ok and "eval spec < 3" in no_comparisons[3].detail
+    without = run_report.check_criteria({k: v for k, v in ner.items() if k != "constrained"}, gen, "b", "ner", "gen")
+    assert not without[-1].ok and without[-1].detail.startswith("not evaluated")
+
+
 @pytest.mark.slow
 def test_make_all_end_to_end(tiny_base_dir, capfd):
     """The whole pipeline on the bundled samples: report written, both adapters scored, the NER adapter
@@ -90,7 +119,9 @@ def test_make_all_end_to_end(tiny_base_dir, capfd):
     assert ner["cluener"]["type_f1"] > ner["tiny-base"]["type_f1"]
     assert gen["ruozhiba"]["rouge_l"] > gen["tiny-base"]["rouge_l"]
     assert "[PASS] NER adapter valid-JSON rate" in out or "[FAIL] NER adapter valid-JSON rate" in out
-    assert "[PASS] generation adapter ROUGE-L > base" in out or "[FAIL] generation adapter ROUGE-L" in out
+    assert "[PASS] generation adapter ROUGE-L better than the base: Δ rouge_l" in out or \
+        "[FAIL] generation adapter ROUGE-L" in out
+    assert "better means the 95% interval of the difference" in out
     assert (run_dir / "adapters" / "cluener" / "adapter_config.json").exists()
     assert not (ROOT / ".serve" / str(port) / "server.pid").exists()  # stopped
 

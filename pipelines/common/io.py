@@ -49,6 +49,12 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def json_sha256(obj: Any) -> str:
+    """sha256 of `obj`'s canonical JSON (sorted keys, no spaces, UTF-8 as is): the key of a request or answer."""
+    canon = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return sha256_bytes(canon.encode("utf-8"))
+
+
 def file_sha256(path: str | Path) -> str:
     """The sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()

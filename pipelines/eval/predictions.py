@@ -9,14 +9,13 @@ is a new model whose answers are asked for again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pipelines.common.io import read_json, weights_fingerprint
+from pipelines.common.io import json_sha256, read_json, weights_fingerprint
 from pipelines.common.paths import is_local, resolve
 from pipelines.eval import EvalError
 
@@ -68,9 +67,7 @@ def adapter_base_fingerprint(folder: Path) -> str | None:
 
 def answer_key(request: dict[str, Any], identity: dict[str, Any]) -> str:
     """The key of a saved answer: sha256 of the request (prompt, settings, constraint) and the model's identity."""
-    canon = json.dumps({"request": request, "model": identity}, sort_keys=True, ensure_ascii=False,
-                       separators=(",", ":"))
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+    return json_sha256({"request": request, "model": identity})
 
 
 def set_aside(path: Path) -> Path | None:

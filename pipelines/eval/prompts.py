@@ -7,11 +7,10 @@ the context the server reports in `/v1/models` (`max_model_len`).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from pipelines.common.io import json_sha256
 from pipelines.data.records import build_messages, user_text
 from pipelines.eval import EvalError
 
@@ -49,5 +48,4 @@ def build_request(record: dict[str, str], max_tokens: int) -> dict[str, Any]:
 
 def request_key(request: dict[str, Any]) -> str:
     """sha256 of the request's canonical JSON: a changed prompt or setting is a new request."""
-    canon = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+    return json_sha256(request)

@@ -44,7 +44,7 @@ DIGITS = {"bleu_4": 2, "rouge_1": 2, "rouge_2": 2, "rouge_l": 2, "mean_length": 
 
 def figure(metric: str, value: Any, interval: dict[str, float] | None = None) -> str:
     """`0.654 [0.610, 0.700]`: a figure and, when given, its interval."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, int)) or not isinstance(value, float):
         return "–" if value is None or value == "" else str(value)
     digits = DIGITS.get(metric, 3)
     text = f"{value:.{digits}f}"

@@ -91,18 +91,18 @@ def _fmt(argv: list[str]) -> str:
 
 
 def eval_argv(base_url: str, task: str, data: str, models: list[str], out: str, tokenizer: str,
-              constrain: str = "none", limit: int | None = None) -> list[str]:
-    """`python -m pipelines eval …` as the Makefile's `eval` target spells it."""
+              constrain: str = "none", limit: int | None = None, eval_args: tuple[str, ...] = ()) -> list[str]:
+    """`python -m pipelines eval …` as the Makefile's `eval` target spells it (`eval_args`: its EVAL_ARGS)."""
     return [*CLI, "eval", "--base-url", base_url, "--task", task, "--data", data,
             *[a for m in models for a in ("--model", m)], "--out", out, *(["--limit", str(limit)] if limit else []),
-            "--tokenizer", tokenizer, "--constrain", constrain]
+            "--tokenizer", tokenizer, "--constrain", constrain, *eval_args]
 
 
 def serve_config(model: str, adapter: str, port: int) -> dict:
     """The serve config of the check: serve/qwen2.5-0.5b.yaml's GPU settings (bf16, GPU memory, the bundle keys)
     with the check's base, its adapter and port; the tiny base keeps serve/tiny.yaml's context length."""
     raw = yaml.safe_load((SERVE_DIR / "qwen2.5-0.5b.yaml").read_text(encoding="utf-8"))
-    raw.update(model=model, served_model_name=BASE_NAME, adapters={TASK: adapter}, port=port)
+    raw.update(model=model, served_model_name=BASE_NAME, adapters={TASK: adapter}, port=port, startup_timeout=300)
     if resolve(model).resolve() == Path(TINY_BASE).resolve():
         raw["max_model_len"] = yaml.safe_load((SERVE_DIR / "tiny.yaml").read_text(encoding="utf-8"))["max_model_len"]
     return raw
@@ -160,9 +160,10 @@ def plan(model: str, out: Path, port: int, gpus: int, environ: Mapping[str, str]
                       [*CLI, "serve", "start", serve_yaml, "--port", str(port)], shown=[_fmt(vllm)],
                       needs=("train",), missing=no_vllm))
     url = f"http://127.0.0.1:{port}/v1"
+    # --fresh: answers saved by an earlier check are asked again, of this server
     steps.append(Step("eval", "OpenAI client, plain and span-constrained",
                       eval_argv(url, TASK, tasks.get(TASK).val_data(data), [BASE_NAME, TASK], rel(out / "eval"),
-                                model, constrain="both"), needs=("serve",)))
+                                model, constrain="both", eval_args=("--fresh",)), needs=("serve",)))
     steps.append(Step("deploy", "Docker Compose bundle of the same config",
                       [*CLI, "deploy", serve_yaml, "--target", "compose", "--out", rel(out / "deploy")],
                       needs=("train",)))

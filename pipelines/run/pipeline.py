@@ -172,8 +172,11 @@ def headline(run_dir: Path, base: str) -> str:
     if not lines:
         return "  (no evaluation results)"
     lines.append("")
-    for text, ok in run_report.criteria(run_dir, base):
-        lines.append(f"  [{'PASS' if ok else 'FAIL'}] {text}")
+    held = run_report.criteria(run_dir, base)
+    if held:
+        lines.append(f"  criteria ({run_report.BETTER}):")
+    for v in held:
+        lines.append(f"  [{'PASS' if v.ok else 'FAIL'}] {v.text}: {v.detail}")
     return "\n".join(lines)
 
 

@@ -11,26 +11,73 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipelines.common.paths import TRAIN_MANIFEST
 from pipelines.eval import tasks
-from pipelines.eval.report import CONSTRAINED, EXAMPLES
+from pipelines.eval.compare import oriented
+from pipelines.eval.report import CONSTRAINED, EXAMPLES, difference, figure
 from pipelines.eval.report import columns as report_columns
 
-# What the demo must show, checked at the end of `make all`: each criterion reads the run's NER task (`ner`)
-# and generation task (`gen`), {model: figures} each (a constrained run's as "<model> (constrained)"); `b` is the
-# base's served name, `a`/`g` the adapters'.
-CRITERIA = [
-    ("NER adapter valid-JSON rate ≥ 0.95", lambda ner, gen, b, a, g: 1 - ner[a]["invalid_json_rate"] >= 0.95),
-    ("base valid-JSON rate ≤ 0.2", lambda ner, gen, b, a, g: 1 - ner[b]["invalid_json_rate"] <= 0.2),
-    ("NER adapter trailing-text rate ≤ 0.05", lambda ner, gen, b, a, g: ner[a]["trailing_text_rate"] <= 0.05),
-    ("NER adapter type-F1 ≥ 0.6 and ≥ base + 0.3",
-     lambda ner, gen, b, a, g: ner[a]["type_f1"] >= 0.6 and ner[a]["type_f1"] >= ner[b]["type_f1"] + 0.3),
-    ("generation adapter ROUGE-L > base", lambda ner, gen, b, a, g: gen[g]["rouge_l"] > gen[b]["rouge_l"]),
-    ("NER adapter constrained entity micro-F1 ≥ 0.5 and ≥ 5 × unconstrained",
-     lambda ner, gen, b, a, g: ner[a + CONSTRAINED]["micro_f1"] >= max(0.5, 5 * ner[a]["micro_f1"])),
+#: What "better" means in a criterion: the difference's interval (metrics.json's `comparisons`) lies above 0.
+BETTER = "better means the 95% interval of the difference (paired bootstrap over the records) lies above 0"
+
+
+class Verdict(NamedTuple):
+    text: str
+    ok: bool
+    detail: str  # the figures it was decided on, with their intervals
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the criteria read: the run's NER and generation metrics.json, the base's served name (`b`) and the
+    adapters' (`a` NER, `g` generation; each served under its task's name)."""
+
+    ner: Mapping[str, Any]
+    gen: Mapping[str, Any]
+    b: str
+    a: str
+    g: str
+
+    def _side(self, kind: str) -> Mapping[str, Any]:
+        return self.ner if kind == "ner" else self.gen
+
+    def at(self, kind: str, entry: str, metric: str, bound: float, most: bool = False) -> tuple[bool, str]:
+        """`entry`'s `metric` at least (at most) `bound`, and the figure with its interval."""
+        m = report_columns(dict(self._side(kind)))[entry]
+        value = 1 - m["invalid_json_rate"] if metric == "valid_json_rate" else m[metric]
+        ok = value <= bound if most else value >= bound
+        return ok, f"`{entry}` {metric} {figure(metric, value, (m.get('intervals') or {}).get(metric))}"
+
+    def better(self, kind: str, a: str, b: str, metric: str) -> tuple[bool, str]:
+        """`a` better than `b` on `metric`: the interval of a - b above 0."""
+        c = oriented(self._side(kind).get("comparisons") or [], a, b, metric)
+        if c is None:
+            return False, f"no comparison of `{a}` with `{b}` in metrics.json (eval spec < 3: evaluate again)"
+        diff, interval, p = difference(c)
+        return c["low"] > 0, f"Δ {metric} `{a}` − `{b}` {diff} {interval}, p {p}"
+
+
+def _both(*checks: tuple[bool, str]) -> tuple[bool, str]:
+    return all(ok for ok, _ in checks), "; ".join(detail for _, detail in checks)
+
+
+# What the demo must show, checked at the end of `make all`; entries are named as the evaluation report names them
+# (a constrained run's as "<model> (constrained)").
+CRITERIA: list[tuple[str, Callable[[Evidence], tuple[bool, str]]]] = [
+    ("NER adapter valid-JSON rate ≥ 0.95", lambda e: e.at("ner", e.a, "valid_json_rate", 0.95)),
+    ("base valid-JSON rate ≤ 0.2", lambda e: e.at("ner", e.b, "valid_json_rate", 0.2, most=True)),
+    ("NER adapter trailing-text rate ≤ 0.05", lambda e: e.at("ner", e.a, "trailing_text_rate", 0.05, most=True)),
+    ("NER adapter type-F1 ≥ 0.6 and better than the base",
+     lambda e: _both(e.at("ner", e.a, "type_f1", 0.6), e.better("ner", e.a, e.b, "type_f1"))),
+    ("generation adapter ROUGE-L better than the base", lambda e: e.better("gen", e.g, e.b, "rouge_l")),
+    ("NER adapter constrained entity micro-F1 ≥ 0.5 and better than unconstrained",
+     lambda e: _both(e.at("ner", e.a + CONSTRAINED, "micro_f1", 0.5),
+                     e.better("ner", e.a + CONSTRAINED, e.a, "micro_f1"))),
 ]
 
 
@@ -56,26 +103,29 @@ def load_metrics(run_dir: Path, task: str) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-def check_criteria(ner: dict[str, Any], gen: dict[str, Any], base: str, ner_adapter: str,
-                   gen_adapter: str) -> list[tuple[str, bool]]:
-    """Each criterion with whether it holds; `ner`/`gen` map model names to their metrics; the adapters are
-    served under their task's name."""
-    def holds(fn) -> bool:
+def check_criteria(ner: Mapping[str, Any], gen: Mapping[str, Any], base: str, ner_adapter: str,
+                   gen_adapter: str) -> list[Verdict]:
+    """Each criterion, whether it holds and on which figures; `ner`/`gen` are the tasks' metrics.json; the adapters
+    are served under their task's name."""
+    evidence = Evidence(ner, gen, base, ner_adapter, gen_adapter)
+
+    def verdict(text: str, fn: Callable[[Evidence], tuple[bool, str]]) -> Verdict:
         try:
-            return bool(fn(ner, gen, base, ner_adapter, gen_adapter))
-        except KeyError:  # a figure the run did not produce (e.g. no constrained evaluation)
-            return False
+            ok, detail = fn(evidence)
+        except KeyError as e:  # a figure the run did not produce (e.g. no constrained evaluation)
+            return Verdict(text, False, f"not evaluated ({e})")
+        return Verdict(text, bool(ok), detail)
 
-    return [(text, holds(fn)) for text, fn in CRITERIA]
+    return [verdict(text, fn) for text, fn in CRITERIA]
 
 
-def criteria(run_dir: Path, base: str) -> list[tuple[str, bool]]:
+def criteria(run_dir: Path, base: str) -> list[Verdict]:
     """The criteria of a run folder, or none when it lacks an evaluated NER or generation task."""
     kinds = by_kind(run_dir, run_tasks(run_dir))
     if "ner" not in kinds or "generation" not in kinds:
         return []
     (nt, ner), (gt, gen) = kinds["ner"], kinds["generation"]
-    return check_criteria(report_columns(ner), report_columns(gen), base, nt, gt)
+    return check_criteria(ner, gen, base, nt, gt)
 
 
 def _num(v: Any) -> str:
@@ -85,10 +135,12 @@ def _num(v: Any) -> str:
 
 
 def _table(models: dict[str, dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> list[str]:
+    """One row a model; each figure with its interval where metrics.json has one."""
     rows = ["| model | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, m in models.items():
         m = dict(m, valid_json_rate=1 - m["invalid_json_rate"]) if "invalid_json_rate" in m else m
-        rows.append(f"| `{name}` | " + " | ".join(_num(m.get(k)) for _, k in columns) + " |")
+        bounds = m.get("intervals") or {}
+        rows.append(f"| `{name}` | " + " | ".join(figure(k, m.get(k), bounds.get(k)) for _, k in columns) + " |")
     return rows
 
 
@@ -117,8 +169,9 @@ def write(run_dir: Path, base: str) -> Path:
 
     held = criteria(run_dir, base)
     if held:
-        lines += ["## What the adapters learned", "", "| criterion | holds |", "|---|---|"]
-        lines += [f"| {t} | {'yes' if ok else '**no**'} |" for t, ok in held]
+        lines += ["## What the adapters learned", "", f"Figures with their 95% intervals; {BETTER}.", "",
+                  "| criterion | holds | on |", "|---|---|---|"]
+        lines += [f"| {v.text} | {'yes' if v.ok else '**no**'} | {v.detail} |" for v in held]
         lines.append("")
 
     lines += ["## Training", ""]

@@ -28,7 +28,9 @@ from pipelines.common.io import read_json, write_json
 from pipelines.common.net import free_port
 from pipelines.common.paths import SERVE_DIR, rel, resolve
 from pipelines.eval import EvalError, tasks
+from pipelines.eval.compare import ALPHA, oriented
 from pipelines.eval.predictions import NotSaved
+from pipelines.eval.report import figure
 from pipelines.serve.client import ServeError
 from pipelines.train import config
 from pipelines.train.sweep import (
@@ -151,6 +153,7 @@ def leaderboard(task: str, config_file: str, overrides: list[str], cfg: dict, ru
                 "epochs": None, "train_loss": None, "eval_loss": None, "train_seconds": None,
                 "metrics": plain.get(base), "constrained": constrained.get(base)}
     best = next((x for x in rows if x["metrics"] is not None), None)
+    tied = mark_ties([base_row, *rows], best["name"], key, metrics.get("comparisons") or []) if best else []
     out = {"task": task, "main_metric": key, "sorted_by": f"{key} (plain), then {key} constrained",
            "config": config_file, "overrides": overrides, "eval": {**info, "metrics": "eval/metrics.json",
                                                                     "data": metrics["data"]},
@@ -158,8 +161,32 @@ def leaderboard(task: str, config_file: str, overrides: list[str], cfg: dict, ru
     if best:
         adapters = {best["name"]: adapter_paths([r for r in runs if r.name == best["name"]])[best["name"]]}
         out["best"] = {"name": best["name"], "train_command": best["train_command"],
-                       "serve_snippet": serve_snippet(cfg, adapters, [best["rank"]])}
+                       "serve_snippet": serve_snippet(cfg, adapters, [best["rank"]]), "figure": best["metrics"].get(key),
+                       "interval": (best["metrics"].get("intervals") or {}).get(key), "tied": tied}
     return out
+
+
+def mark_ties(rows: list[dict[str, Any]], best: str, metric: str, found: list[dict[str, Any]]) -> list[str]:
+    """Give each scored row but the best its comparison with the best on `metric` (`vs_best`: diff = row - best,
+    its interval, p) and `tied_with_best`: not told apart from it (p >= ALPHA); the names of the tied rows. Rows
+    without a comparison (no figures, metrics.json of eval spec < 3) get None for both."""
+    tied = []
+    for r in rows:
+        c = oriented(found, r["name"], best, metric) if r.get("metrics") is not None and r["name"] != best else None
+        r["vs_best"] = {k: c[k] for k in ("diff", "low", "high", "p_value")} if c else None
+        r["tied_with_best"] = bool(c["p_value"] >= ALPHA) if c else None
+        if r["tied_with_best"]:
+            tied.append(r["name"])
+    return tied
+
+
+def _vs_best(r: dict[str, Any], best: str | None) -> str:
+    if r["name"] == best:
+        return "best"
+    c = r.get("vs_best")
+    if not c:
+        return "–"
+    return f"tied (p {c['p_value']:.2f})" if r.get("tied_with_best") else f"{c['diff']:+.3f}, p {c['p_value']:.3f}"
 
 
 def _f(v: Any, digits: int = 4) -> str:
@@ -175,8 +202,10 @@ def render_markdown(board: dict[str, Any], plots: list[str]) -> str:
     key = board["main_metric"]
     figures = [k for k in dict.fromkeys([key, *spec.summary]) if k != "trailing_text_rate"][:3]
     has_c = any(r.get("constrained") for r in board["rows"])
+    has_vs = any(r.get("vs_best") for r in board["rows"])
+    best_name = (board.get("best") or {}).get("name")
     head = ["model", "status", "rank", "alpha", "lr", "samples", "epochs", "train loss", "eval loss", "train s",
-            *figures, *([f"{key} constrained"] if has_c else [])]
+            *figures, *([f"{key} vs best"] if has_vs else []), *([f"{key} constrained"] if has_c else [])]
     lines = [f"# Sweep leaderboard: `{board['task']}`", "",
              f"`{board['config']}` {' '.join(board['overrides'])}; sorted by {board['sorted_by']}. "
              f"Figures from the evaluator (`{board['eval']['metrics']}`, {board['eval']['data']['n']} records of "
@@ -190,15 +219,31 @@ def render_markdown(board: dict[str, Any], plots: list[str]) -> str:
         cells = [f"`{r['name']}`", status, _f(r["rank"]), _f(r["alpha"]),
                  fmt_lr(r["learning_rate"]) if r["learning_rate"] else "–", _f(r["samples"]), _f(r["epochs"]),
                  _f(r["train_loss"]), _f(r["eval_loss"]), _f(r["train_seconds"], 1), *(_f(m.get(k)) for k in figures),
-                 *([_f(c.get(key))] if has_c else [])]
+                 *([_vs_best(r, best_name)] if has_vs else []), *([_f(c.get(key))] if has_c else [])]
         lines.append("| " + " | ".join(cells) + " |")
     best = board.get("best")
     if best:
-        lines += ["", f"## Best: `{best['name']}`", "", "Reproduce it:", "", "```bash", best["train_command"], "```", "",
+        lines += ["", f"## Best: `{best['name']}`", "", *_best_lines(board), "", "Reproduce it:", "", "```bash",
+                  best["train_command"], "```", "",
                   "Serve it:", "", "```yaml", best["serve_snippet"].rstrip(), "```"]
     for png in plots:
         lines += ["", f"![{png}]({PLOTS}/{png})"]
     return "\n".join(lines) + "\n"
+
+
+def _best_lines(board: dict[str, Any]) -> list[str]:
+    """The best row's figure with its interval, and the rows tied with it."""
+    best, key = board["best"], board["main_metric"]
+    if best.get("interval") is None:
+        return []
+    lines = [f"{key} {figure(key, best.get('figure'), best['interval'])} (95% interval)."]
+    if not any(r.get("vs_best") for r in board["rows"]):
+        return lines
+    tied = best.get("tied") or []
+    lines.append(f"Not told apart from it on {key} (p ≥ {ALPHA} in the paired test against it), so tied with it: "
+                 + ", ".join(f"`{n}`" for n in tied) + "." if tied else
+                 f"Every other row differs from it on {key} (p < {ALPHA} in the paired test against it).")
+    return lines
 
 
 def plot(board: dict[str, Any], runs: list[Run], out_dir: Path) -> list[str]:
@@ -314,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nsweep: leaderboard {rel(out / 'leaderboard.md')}")
     best = board["best"]
     if best:
-        figure = next(r for r in board["rows"] if r["name"] == best["name"])["metrics"][board["main_metric"]]
-        print(f"  best: `{best['name']}` ({board['main_metric']} {_f(figure)}); reproduce: {best['train_command']}")
+        key = board["main_metric"]
+        tied = "; tied with it (p ≥ 0.05): " + ", ".join(f"`{n}`" for n in best["tied"]) if best["tied"] else ""
+        print(f"  best: `{best['name']}` ({key} {figure(key, best['figure'], best['interval'])}){tied}; "
+              f"reproduce: {best['train_command']}")
     return 0 if all(r.ok for r in runs) else 1
 
 

@@ -294,7 +294,7 @@ def check_deepspeed(cfg: dict) -> tuple[list[str], list[str]]:
     except Exception:
         installed = False
     warn = [] if installed else [f"`deepspeed: {ds}` needs the `deepspeed` package, which this environment "
-                                 "lacks; `pip install deepspeed` on the GPU machine."]
+                                 "lacks; `make setup` on a CUDA machine installs it (requirements/cuda.txt)."]
     return [], warn
 
 
@@ -404,10 +404,33 @@ def check_servable(cfg: dict) -> tuple[list[str], list[str]]:
         rank = int(rank)
     except (TypeError, ValueError):
         return problems, notes  # the parser reports the type
-    if servable_rank(rank) is None:
+    if rank >= 1 and servable_rank(rank) is None:  # below 1: `check_ranges` says so
         problems.append(f"`lora_rank: {rank}` is above vLLM's largest `--max-lora-rank` ({VLLM_LORA_RANKS[-1]}); "
                         f"use at most {VLLM_LORA_RANKS[-1]}, e.g. one of 8, 16, 32, 64, 128, 256.")
     return problems, notes
+
+
+#: Keys that must be numbers above 0 (and whole ones where `int`): LLaMA-Factory's parser takes 0 and negatives,
+#: and training fails (or trains nothing) much later.
+POSITIVE = {"lora_rank": int, "max_samples": int, "cutoff_len": int, "lora_alpha": float, "learning_rate": float,
+            "num_train_epochs": float}
+
+
+def check_ranges(cfg: dict) -> list[str]:
+    """`lora_rank=-8`, `max_samples=0`, `learning_rate=nan`: one sentence each."""
+    problems = []
+    for key, kind in POSITIVE.items():
+        value = cfg.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue  # the type check reports it
+        if not math.isfinite(number) or number <= 0 or (kind is int and number != int(number)):
+            what = "a whole number of at least 1" if kind is int else "a finite number above 0"
+            problems.append(f"`{key}: {value}` must be {what}; fix it in the config or in `ARGS=`.")
+    return problems
 
 
 def check_cutoff(cfg: dict) -> tuple[list[str], list[str]]:
@@ -459,6 +482,7 @@ def check_config(config: str | Path, overrides: Sequence[str] = (), measure_leng
     gpu = has_gpu() if gpu is None else gpu
     report.problems += check_model(cfg)
     report.problems += check_output_dir(cfg)
+    report.problems += [p for p in check_ranges(cfg) if not any(p.startswith(f"`{k}") for k in typed)]
     clean = {k: v for k, v in cfg.items() if k not in typed}  # one sentence per mistake: skip mistyped values
     for step in (lambda: parse_with_llamafactory(clean, well_typed, gpu), lambda: check_datasets(clean),
                  lambda: check_template(clean, llamafactory_templates()), lambda: check_servable(clean)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -37,9 +38,15 @@ LOGS = "logs"  # OUT/logs/<run>.log: each run's training output
 
 
 def fmt_lr(lr: float) -> str:
-    """3e-3, 1e-4, 2.5e-4: the shortest scientific form, for folder names."""
-    mantissa, exponent = f"{lr:e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
+    """3e-3, 1e-4, 2.5e-4, 1.0000001e-3: the shortest scientific form that reads back as `lr` exactly, for folder
+    names (distinct rates never share a folder)."""
+    if not math.isfinite(lr):
+        return str(lr)
+    text = next(t for t in (f"{lr:.{p}e}" for p in range(18)) if float(t) == lr)
+    mantissa, exponent = text.split("e")
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def run_name(task: str, rank: int, lr: float, samples: int) -> str:
@@ -54,6 +61,13 @@ def numbers(text: str, kind, flag: str) -> list:
         raise SystemExit(f"sweep: `{flag} {text}` must be comma-separated numbers, e.g. `{flag} 8,64`.") from None
     if not values:
         raise SystemExit(f"sweep: `{flag}` is empty; give at least one value.")
+    bad = [v for v in values if not math.isfinite(v) or v <= 0]
+    if bad:
+        raise SystemExit(f"sweep: `{flag} {text}` holds {bad[0]}; each value must be a finite number above 0.")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise SystemExit(f"sweep: `{flag} {text}` gives {twice[0]} more than once, which would train one folder "
+                         "twice into two rows; give each value once.")
     return values
 
 
