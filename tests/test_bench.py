@@ -81,9 +81,9 @@ def test_ratio(ours, theirs, expected):
 
 def test_percentile_interpolates_like_numpy():
     vals = [10, 20, 30, 40, 50]
-    assert common.percentile(vals, 50) == 30
-    assert common.percentile(vals, 95) == pytest.approx(48.0)
-    assert common.percentile([7], 95) == 7
+    assert common.interpolated_percentile(vals, 50) == 30
+    assert common.interpolated_percentile(vals, 95) == pytest.approx(48.0)
+    assert common.interpolated_percentile([7], 95) == 7
 
 
 def test_fmt_spread_and_table():

@@ -12,9 +12,9 @@ from pipelines.data import convert, lengths
 
 def test_percentile_is_nearest_rank():
     values = list(range(1, 101))
-    assert [lengths.percentile(values, p) for p in (1, 50, 95, 99, 100)] == [1, 50, 95, 99, 100]
-    assert lengths.percentile([7], 99) == 7
-    assert lengths.percentile([5, 1, 3], 50) == 3
+    assert [lengths.nearest_rank_percentile(values, p) for p in (1, 50, 95, 99, 100)] == [1, 50, 95, 99, 100]
+    assert lengths.nearest_rank_percentile([7], 99) == 7
+    assert lengths.nearest_rank_percentile([5, 1, 3], 50) == 3
 
 
 def test_suggest_cutoff_rounds_p99_up_to_32():

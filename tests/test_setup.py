@@ -278,6 +278,8 @@ def test_the_plan_and_the_noop_take_well_under_a_second(tmp_path):
     for spec in setup.venv_specs(cuda=False, venv_dir=tmp_path):
         venv_bin(spec.path, "python").parent.mkdir(parents=True)
         venv_bin(spec.path, "python").symlink_to(_system_python())
+        for command in spec.entry_points:
+            venv_bin(spec.path, command).write_text("")
         (spec.path / setup.STAMP).write_text(spec.digest() + "\n")
     t0 = time.perf_counter()
     env["PIPELINES_TOOLS_DIR"] = str(tmp_path / "t")
@@ -288,6 +290,76 @@ def test_the_plan_and_the_noop_take_well_under_a_second(tmp_path):
     assert out.stdout.count("is up to date") == 2 and "$ " not in out.stdout, out.stdout
     assert not (tmp_path / "t").exists()  # no uv fetched for nothing to do
     assert seconds < 1.5, seconds
+
+
+class RecordingInstaller:
+    """An installer that installs nothing and records its calls; `restores` the entry points as a reinstall does."""
+
+    name, exact = "recorder", True
+
+    def __init__(self, restores: bool = True):
+        self.calls: list[tuple] = []
+        self.restores = restores
+
+    def create(self, venv: Path) -> None:
+        self.calls.append(("create",))
+
+    def sync(self, py: Path, lock: Path, editables: list[Path], reinstall: bool = False) -> None:
+        self.calls.append(("sync", reinstall))
+        if self.restores:
+            for command in self.spec.entry_points:
+                venv_bin(self.spec.path, command).write_text("")
+
+    def install(self, py: Path, args: list[str]) -> None:
+        self.calls.append(("install",))
+
+    def uninstall(self, py: Path, names: list[str]) -> None:
+        self.calls.append(("uninstall",))
+
+
+def _built_venv(tmp_path: Path):
+    """.venv-vllm as setup leaves it (python, bin/vllm, both stamps), with nothing in it that build would run."""
+    spec = setup.venv_specs(cuda=False, venv_dir=tmp_path)[1]
+    spec.alias_vllm, spec.stubs, spec.remove = False, [], []
+    venv_bin(spec.path, "python").parent.mkdir(parents=True)
+    venv_bin(spec.path, "python").symlink_to(_system_python())
+    venv_bin(spec.path, "vllm").write_text("")
+    (spec.path / setup.STAMP).write_text(spec.digest() + "\n")
+    (spec.path / setup.LOCK_STAMP).write_text(setup.file_sha256(spec.lock.path) + "\n")
+    assert setup.up_to_date(spec)
+    return spec
+
+
+def test_a_lock_that_changed_since_the_install_is_installed_again(tmp_path, capsys):
+    """A changed hash in the lock: the already built venv is not up to date, and every distribution is installed
+    again, which checks its hash (issue 24, item 9)."""
+    spec = _built_venv(tmp_path)
+    (spec.path / setup.LOCK_STAMP).write_text("0" * 64 + "\n")  # installed from another version of the lock
+    assert not setup.up_to_date(spec)
+    installer = RecordingInstaller()
+    installer.spec = spec
+    assert setup.build(spec, installer)
+    assert ("sync", True) in installer.calls
+    assert "is not the lock .venv-vllm was installed from; installing every distribution again" in \
+        capsys.readouterr().out
+    assert setup.up_to_date(spec)  # recorded: the next setup is a no-op
+
+
+def test_a_missing_entry_point_is_restored(tmp_path, capsys):
+    """`rm .venv-vllm/bin/vllm; make setup` repairs it (issue 24, item 12), or says in one sentence it could not."""
+    spec = _built_venv(tmp_path)
+    venv_bin(spec.path, "vllm").unlink()
+    assert not setup.up_to_date(spec)
+    installer = RecordingInstaller()
+    installer.spec = spec
+    assert setup.build(spec, installer) and ("sync", True) in installer.calls
+    assert "lacks bin/vllm; installing every distribution again" in capsys.readouterr().out
+    assert venv_bin(spec.path, "vllm").exists() and setup.up_to_date(spec)
+    venv_bin(spec.path, "vllm").unlink()
+    broken = RecordingInstaller(restores=False)
+    broken.spec = spec
+    with pytest.raises(SystemExit, match=r"still lacks bin/vllm after installing; remove \.venv-vllm"):
+        setup.build(spec, broken)
 
 
 def test_make_lock_passes_the_kind():

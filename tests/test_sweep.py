@@ -123,6 +123,9 @@ def test_sweep_serves_scores_and_ranks_every_adapter_and_a_rerun_does_nothing(tm
         assert row["metrics"] == metrics["models"][row["name"]]
         assert row["constrained"] == metrics["constrained"][row["name"]]
     assert board["eval"]["max_loras"] == 1 and board["eval"]["requests_per_s"] > 0
+    best = board["best"]  # named with its interval; every other scored row compared with it (tied or not)
+    assert best["interval"] == metrics["models"][best["name"]]["intervals"]["micro_f1"]
+    assert all(r["tied_with_best"] in (True, False) for r in board["rows"] if r["name"] != best["name"])
     plots = {p.name for p in (out / "plots").glob("*.png")}
     assert plots == {"micro_f1_by_rank.png", "train_loss.png"}
     md = (out / "leaderboard.md").read_text()

@@ -19,6 +19,7 @@ from pipelines.common.device import usable_cores
 from pipelines.common.errors import PipelinesError
 from pipelines.common.io import write_json
 from pipelines.common.paths import ROOT
+from pipelines.common.process import log_tail
 
 RESULTS_DIR = ROOT / "bench" / "results"
 #: Each benchmark's own spec version (`BENCH_SPEC` in its module), bumped when its method changes: a result of
@@ -263,10 +264,7 @@ def run_child(cmd: Sequence[str], log: Path, env: Mapping[str, str] | None = Non
 
 
 def tail(path: Path, n: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
+    return log_tail(path, n)
 
 
 class BenchError(PipelinesError, RuntimeError):
@@ -278,7 +276,7 @@ def check_child(run: ChildRun, what: str) -> None:
         raise BenchError(f"{what} failed with exit code {run.returncode}; its log `{run.log}` ends:\n{tail(run.log)}")
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
+def interpolated_percentile(values: Sequence[float], pct: float) -> float:
     """Linear-interpolated percentile (numpy's default) of `values`."""
     vals = sorted(values)
     if not vals:

@@ -73,8 +73,8 @@ async def _drive(base_url: str, items, concurrency: int, path: Path) -> dict[str
         seconds = time.perf_counter() - t0
     tokens = [row.get("completion_tokens") or 0 for row in done.values()]
     return {"prompts_per_s": len(items) / seconds, "seconds": seconds,
-            "p50_latency_ms": common.percentile(timed.latencies, 50) * 1000,
-            "p95_latency_ms": common.percentile(timed.latencies, 95) * 1000,
+            "p50_latency_ms": common.interpolated_percentile(timed.latencies, 50) * 1000,
+            "p95_latency_ms": common.interpolated_percentile(timed.latencies, 95) * 1000,
             "mean_output_tokens": sum(tokens) / len(tokens),
             "answers": {rid: done[(rid, key)]["answer"] for rid, key, _ in items}}
 
@@ -99,7 +99,7 @@ def grammar_costs(records: Sequence[dict]) -> dict[str, Any]:
         t2 = time.perf_counter()
         build.append((t1 - t0) * 1000)
         compile_.append((t2 - t1) * 1000)
-    return {f"{name}_ms_{p}": common.percentile(values, q) for name, values in (("build", build), ("compile", compile_))
+    return {f"{name}_ms_{p}": common.interpolated_percentile(values, q) for name, values in (("build", build), ("compile", compile_))
             for p, q in (("p50", 50), ("p99", 99))}
 
 

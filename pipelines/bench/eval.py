@@ -91,8 +91,8 @@ async def _drive(base_url: str, model: str, items, concurrency: int, path: Path)
     return {
         "prompts_per_s": len(items) / seconds,
         "output_tokens_per_s": sum(tokens) / seconds,
-        "p50_latency_ms": common.percentile(timed.latencies, 50) * 1000,
-        "p95_latency_ms": common.percentile(timed.latencies, 95) * 1000,
+        "p50_latency_ms": common.interpolated_percentile(timed.latencies, 50) * 1000,
+        "p95_latency_ms": common.interpolated_percentile(timed.latencies, 95) * 1000,
         "seconds": seconds,
         "mean_output_tokens": sum(tokens) / len(tokens),
         "client_cpu_ms_per_request": cpu * 1000 / len(items),

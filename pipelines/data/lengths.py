@@ -36,7 +36,7 @@ class LengthsError(PipelinesError):
     """A one-sentence problem with the options or the inputs; `main` prints it without a traceback."""
 
 
-def percentile(values: list[int], pct: float) -> int:
+def nearest_rank_percentile(values: list[int], pct: float) -> int:
     """Nearest-rank percentile: the smallest value with at least `pct` % of the values at or below it."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
@@ -44,11 +44,11 @@ def percentile(values: list[int], pct: float) -> int:
 
 def describe(values: list[int]) -> dict:
     return {"min": min(values), "max": max(values), "mean": round(sum(values) / len(values), 1),
-            "p95": percentile(values, 95), "p99": percentile(values, 99)}
+            "p95": nearest_rank_percentile(values, 95), "p99": nearest_rank_percentile(values, 99)}
 
 
 def suggest_cutoff(totals: list[int], pct: float = CUTOFF_PERCENTILE, multiple: int = CUTOFF_MULTIPLE) -> int:
-    return math.ceil(percentile(totals, pct) / multiple) * multiple
+    return math.ceil(nearest_rank_percentile(totals, pct) / multiple) * multiple
 
 
 def summarize(prompt: list[int], response: list[int]) -> dict:

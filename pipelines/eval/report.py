@@ -83,8 +83,8 @@ def scores_table(metrics: dict[str, Any]) -> list[str]:
 def shown_comparisons(metrics: dict[str, Any], every: bool = False) -> list[dict[str, Any]]:
     """The comparisons to show, main metric first: every one, or those of the main and summary metrics."""
     spec = tasks.get(metrics["task"])
-    order = list(dict.fromkeys([spec.main_metric, *spec.summary, *spec.rows]))
-    wanted = order if every else order[:len(dict.fromkeys([spec.main_metric, *spec.summary]))]
+    head = list(dict.fromkeys([spec.main_metric, *spec.summary]))
+    wanted = list(dict.fromkeys([*head, *spec.rows])) if every else head
     found = [c for c in metrics.get("comparisons") or [] if c.get("metric") in wanted]
     return sorted(found, key=lambda c: wanted.index(c["metric"]))
 

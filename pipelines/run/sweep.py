@@ -12,6 +12,11 @@ when there are more), the evaluator on the task's validation split (NER plainly 
 stopped in every case, and `OUT/leaderboard.json`, `OUT/leaderboard.md` with plots. The figures are the
 evaluator's own (`OUT/eval/metrics.json`). A rerun of the same sweep trains nothing and, when every answer is
 saved for the same weights, starts no server and sends nothing. `--no-eval` stops after training.
+
+The leaderboard names the best row with its main figure's interval and marks the rows tied with it: those whose
+paired comparison with it on the main metric (metrics.json's `comparisons`) has p >= 0.05. It stays one module
+because it is the `sweep` command in order (grid, one server, leaderboard and its plots), each step a call into
+the training grid, the serve launcher and the evaluator.
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ import difflib
 import ipaddress
 import json
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -217,7 +219,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load that refuses a mapping with the same key twice (PyYAML keeps the last one silently: an
     adapter named twice would serve only the second folder)."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: dict = {}
         if isinstance(node, yaml.MappingNode):
             for key_node, _ in node.value:
@@ -239,7 +241,7 @@ def load(path: str | Path, port: int | None = None) -> ServeConfig:
     if not p.is_file():
         raise ServeConfigError([f"serve config `{path}` does not exist; see serve/ for examples."])
     try:
-        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}  # noqa: S506 - a SafeLoader
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}  # a SafeLoader
     except DuplicateKeyError as e:
         raise ServeConfigError([f"`{path}`: {e}; keep one of them."]) from e
     except yaml.YAMLError as e:

@@ -238,11 +238,11 @@ def readme(cfg: ServeConfig, adapters: list[AdapterInfo], target: str, urls: dic
                      "`vllmConfig` and `extraArgs`; the chart sets `--host`, `--port` and `--enable-lora`. The key "
                      "comes from the Secret `vllm-api-key`.")
         local = [n for n in names if n not in urls]
+        model_on_pvc = render.model_target(cfg, render.SHARED_PVC + "/models")  # None for a hub id
         push = [f"kubectl apply -f push-pod.yaml && kubectl wait --for=condition=Ready pod/{pod}",
                 f"kubectl exec {pod} -- mkdir -p {render.LORA_DIR} {render.SHARED_PVC}/models",
                 *(f"kubectl cp {q(f'adapters/{n}')} {q(f'{pod}:{render.LORA_DIR}/{n}')}" for n in local),
-                *([f"kubectl cp {q(local_model)} {q(pod + ':' + render.model_target(cfg, render.SHARED_PVC + '/models'))}"]
-                  if is_local(cfg.model) else []),
+                *([f"kubectl cp {q(local_model)} {q(pod + ':' + model_on_pvc)}"] if model_on_pvc is not None else []),
                 f"kubectl delete pod {pod}"] if local or is_local(cfg.model) else []
         uploads = [f"aws s3 cp --recursive {q(f'adapters/{n}')} {q(u)}" if u.startswith("s3://") else
                    f"# publish the files of adapters/{n}/ at {u}" for n, u in urls.items()]

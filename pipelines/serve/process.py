@@ -9,16 +9,13 @@ that tells the server's processes from others (`server_group`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
-import signal
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +23,23 @@ import httpx
 
 from pipelines.common.io import atomic_write
 from pipelines.common.paths import ROOT
+from pipelines.common.process import (
+    QUICK_GRACE_S,
+    STOP_GRACE_S,
+    is_live,
+    log_tail,
+    start_time,
+    stop_even_on_ctrl_c,
+    term_then_kill,
+)
+from pipelines.common.process import proc_stat as _proc_stat
 from pipelines.serve.client import ServeError, healthy, post, served_models
 from pipelines.serve.command import build_command, build_env, shown_env
 from pipelines.serve.config import ServeConfig, ServeConfigError, inspect_adapter, precheck
 
 #: Where each server keeps its PID file, state and log: `.serve/<port>/`.
 RUN_DIR = ROOT / ".serve"
-STOP_GRACE = 30.0  # seconds between SIGTERM and SIGKILL
-LOG_TAIL = 30  # log lines shown when a start fails
+STOP_GRACE = STOP_GRACE_S  # seconds between SIGTERM and SIGKILL (pipelines.common.process)
 
 
 # ---------------------------------------------------------------- run folder and processes
@@ -60,20 +66,6 @@ def run_files(port: int, run_dir: Path = RUN_DIR) -> RunFiles:
     return RunFiles(Path(run_dir) / str(port))
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state is [0], pgrp [2], starttime [19])."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def start_time(pid: int) -> str | None:
-    stat = _proc_stat(pid)
-    return stat[19] if stat else None
-
-
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of process group `pgid`, from /proc; falls back to killpg(pgid, 0)."""
     if not Path("/proc/self/stat").exists():
@@ -86,7 +78,7 @@ def group_members(pgid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             stat = _proc_stat(int(entry.name))
-            if stat and stat[2] == str(pgid) and stat[0] not in ("Z", "X"):
+            if stat and is_live(stat) and stat[2] == str(pgid):
                 pids.append(int(entry.name))
     return pids
 
@@ -173,43 +165,29 @@ def _cleanup(files: RunFiles) -> None:
         f.unlink(missing_ok=True)
 
 
-def kill_group(pgid: int, grace: float = STOP_GRACE, pid: int | None = None) -> bool:
-    """SIGTERM the group, SIGKILL after `grace` s; True when no process of it is left."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+def _group_signaller(pgid: int, pid: int | None) -> tuple[Callable[[int], None], Callable[[], bool]]:
+    def send(sig: int) -> None:
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if pid:
-                _reap(pid)
-            if not group_members(pgid):
-                return True
-            time.sleep(0.2)
-    return not group_members(pgid)
+
+    def alive() -> bool:
+        if pid:
+            _reap(pid)
+        return bool(group_members(pgid))
+
+    return send, alive
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ctrl-C ignored for the block (main thread only), so that stopping a server cannot be cut short."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def kill_group(pgid: int, grace: float = STOP_GRACE, pid: int | None = None) -> bool:
+    """SIGTERM the group, SIGKILL after `grace` s; True when no process of it is left."""
+    return term_then_kill(*_group_signaller(pgid, pid), grace)
 
 
 def _stop_started(pgid: int, pid: int) -> None:
     """Stop a server this launcher has just started; a second Ctrl-C skips the grace period, no more."""
-    try:
-        kill_group(pgid, grace=10.0, pid=pid)
-    except KeyboardInterrupt:
-        with _sigint_ignored():
-            kill_group(pgid, grace=0.0, pid=pid)
+    stop_even_on_ctrl_c(*_group_signaller(pgid, pid), QUICK_GRACE_S)
 
 
 class ServeInterrupted(KeyboardInterrupt):
@@ -243,13 +221,6 @@ def failure_cause(log_text: str, returncode: int | None = None) -> str:
                   if "ERROR" in ln]
         cause = errors[-1] if errors else f"exit code {returncode}"
     return cause if cause.endswith((".", "!", "?", ")")) else cause + "."
-
-
-def log_tail(path: Path, n: int = LOG_TAIL) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
 
 
 # ---------------------------------------------------------------- start / status / stop

@@ -14,10 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipelines.common.net import free_port
+from pipelines.common.process import QUICK_GRACE_S
 from pipelines.serve.config import ServeConfig
 from pipelines.serve.process import RUN_DIR, Served, start, stop
 
-STOP_GRACE_S = 15.0
+STOP_GRACE_S = QUICK_GRACE_S  # a test's or benchmark's server: nothing of it is worth waiting longer for
 
 
 @contextlib.contextmanager

@@ -455,7 +455,7 @@ def check_cutoff(cfg: dict) -> tuple[list[str], list[str]]:
     if not prompt:
         return [], []
     totals = [p + r for p, r in zip(prompt, response)]
-    p99 = lengths.percentile(totals, 99)
+    p99 = lengths.nearest_rank_percentile(totals, 99)
     if cutoff < p99:
         longer = sum(t > cutoff for t in totals)
         suggest = math.ceil(p99 / lengths.CUTOFF_MULTIPLE) * lengths.CUTOFF_MULTIPLE

@@ -28,10 +28,8 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +38,7 @@ from pipelines.common import device, lfcli
 from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, config_flag, env_flag
 from pipelines.common.paths import ROOT, TINY_BASE, TINY_MODEL, is_local, rel, resolve
+from pipelines.common.process import STOP_GRACE_S, is_live, proc_stat, sigint_ignored, stop_even_on_ctrl_c
 from pipelines.train import check, config
 from pipelines.train.manifest import write_manifest
 
@@ -47,7 +46,6 @@ DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_POR
 CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it
-STOP_GRACE_S = 30.0  # seconds between SIGTERM and SIGKILL when a run is interrupted
 
 
 class TrainError(PipelinesError):
@@ -141,12 +139,8 @@ def ensure_tiny_model(cfg: Mapping) -> None:
 
 def _stat(pid: int) -> tuple[int, str] | None:
     """(parent pid, start time) of a live process from /proc, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return None if fields[0] in ("Z", "X") else (int(fields[1]), fields[19])
+    fields = proc_stat(pid)
+    return (int(fields[1]), fields[19]) if fields and is_live(fields) else None
 
 
 def descendants(pid: int) -> list[tuple[int, str]]:
@@ -183,22 +177,17 @@ def stop_run(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
     """Stop llamafactory-cli and everything it started: SIGTERM, then SIGKILL after `grace` s (at once on a
     second Ctrl-C)."""
     procs = [(proc.pid, (_stat(proc.pid) or (0, ""))[1]), *descendants(proc.pid)]
-    try:
-        _signal_all(procs, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            proc.poll()
-            if not _signal_all(procs, 0):
-                return
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        _signal_all(procs, signal.SIGKILL)
+
+    def send(sig: int) -> None:
+        _signal_all(procs, sig)
+
+    def alive() -> bool:
+        proc.poll()
+        return bool(_signal_all(procs, 0))
+
+    stop_even_on_ctrl_c(send, alive, grace)
+    with sigint_ignored():
         proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def run_training(cmd: list[str], env: Mapping[str, str]) -> tuple[int, bool]:
@@ -206,13 +195,8 @@ def run_training(cmd: list[str], env: Mapping[str, str]) -> tuple[int, bool]:
     print("$", " ".join(cmd), flush=True)
     # SIGINT ignored while the child is created: an ignored signal stays ignored across exec, and Python then
     # installs no KeyboardInterrupt handler of its own, so Ctrl-C reaches only this launcher, which stops it.
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
-    try:
+    with sigint_ignored():
         proc = subprocess.Popen(cmd, env=dict(env), cwd=ROOT, stdout=sys.stdout, stderr=sys.stderr)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
     try:
         return proc.wait(), False
     except KeyboardInterrupt:
@@ -320,13 +304,10 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
     if interrupted:
         path = None
         if writer and output_dir.is_dir():
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the manifest
-            try:
+            with sigint_ignored():  # a second Ctrl-C must not cut the manifest
                 path = write_manifest(output_dir, config=args.config, overrides=args.overrides, cfg=final_cfg,
                                       argv=cmd, env=env, started=started, ended=ended, exit_code=rc,
                                       resumed_from=resume_from)
-            finally:
-                signal.signal(signal.SIGINT, previous)
         line = interrupted_line(args.config, user_overrides, output_dir, path, final_cfg)
         print("\n" + line, file=sys.stderr)  # on a line of its own, not after the progress bar's
         return rc
