@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.bench import common, report, seeds, train, train_options
+from pipelines.bench import measure, report, seeds, train, train_options
 from pipelines.bench import setup as bench_setup
 from pipelines.bench.__main__ import BENCHES
-from pipelines.common.paths import ROOT
 from pipelines.eval.evaluate import EVAL_SPEC_VERSION
+from pipelines.common.paths import ROOT
 
 PAD = 0
 
@@ -53,19 +53,19 @@ def test_seeds_prompt_records_keep_samples_and_answers():
 
 
 def test_summarise_median_min_max():
-    s = common.summarise([3.0, 1.0, 2.0, 10.0])
+    s = measure.summarise([3.0, 1.0, 2.0, 10.0])
     assert (s["median"], s["min"], s["max"], s["n"]) == (2.5, 1.0, 10.0, 4)
     assert s["values"] == [3.0, 1.0, 2.0, 10.0]
     with pytest.raises(ValueError):
-        common.summarise([])
+        measure.summarise([])
 
 
 def test_summarise_runs_keeps_numeric_figures_present_in_every_run():
     runs = [{"a": 1, "b": 2.0, "name": "x", "flag": True, "c": 5}, {"a": 3, "b": 4.0, "name": "y", "flag": False}]
-    out = common.summarise_runs(runs)
+    out = measure.summarise_runs(runs)
     assert set(out) == {"a", "b"}
     assert out["a"]["median"] == 2.0 and out["b"]["max"] == 4.0
-    assert common.median_of(out, "a") == 2.0 and common.median_of(out, "zzz") is None
+    assert measure.median_of(out, "a") == 2.0 and measure.median_of(out, "zzz") is None
 
 
 @pytest.mark.parametrize("ours, theirs, expected", [
@@ -76,21 +76,21 @@ def test_summarise_runs_keeps_numeric_figures_present_in_every_run():
     (2.0, None, None),
 ])
 def test_ratio(ours, theirs, expected):
-    assert common.ratio(ours, theirs) == expected
+    assert measure.ratio(ours, theirs) == expected
 
 
 def test_percentile_interpolates_like_numpy():
     vals = [10, 20, 30, 40, 50]
-    assert common.interpolated_percentile(vals, 50) == 30
-    assert common.interpolated_percentile(vals, 95) == pytest.approx(48.0)
-    assert common.interpolated_percentile([7], 95) == 7
+    assert measure.interpolated_percentile(vals, 50) == 30
+    assert measure.interpolated_percentile(vals, 95) == pytest.approx(48.0)
+    assert measure.interpolated_percentile([7], 95) == 7
 
 
 def test_fmt_spread_and_table():
-    assert common.fmt(None) == "-" and common.fmt(1234.5) == "1,234" and common.fmt(0.12345) == "0.123"
-    assert common.spread(common.summarise([2.0])) == "2"
-    assert common.spread(common.summarise([1.0, 2.0, 4.0])) == "2 (1–4)"
-    t = common.table(["a", "bb"], [["x", 1.5]]).splitlines()
+    assert measure.fmt(None) == "-" and measure.fmt(1234.5) == "1,234" and measure.fmt(0.12345) == "0.123"
+    assert measure.spread(measure.summarise([2.0])) == "2"
+    assert measure.spread(measure.summarise([1.0, 2.0, 4.0])) == "2 (1–4)"
+    t = measure.table(["a", "bb"], [["x", 1.5]]).splitlines()
     assert t[0] == "| a | bb  |" and t[2] == "| x | 1.5 |"
 
 
@@ -104,7 +104,7 @@ def test_ours_overrides_match_the_baseline_settings(tmp_path):
 
 def current(name: str, **fields) -> dict:
     """A result stamped at the code's spec versions (what the benchmark itself writes)."""
-    return {"benchmark": name, **common.specs(name), "commit": {"sha": "0123456789abcdef", "dirty": False}, **fields}
+    return {"benchmark": name, **measure.specs(name), "commit": {"sha": "0123456789abcdef", "dirty": False}, **fields}
 
 
 def test_report_writes_from_result_files(tmp_path):
@@ -112,10 +112,10 @@ def test_report_writes_from_result_files(tmp_path):
         **current("convert"), "quick": True, "mode": "quick (small sizes: noisy, not for comparison)",
         "repeats": 1, "measured_at": "2026-01-01T00:00:00", "machine": {"cpu": "X", "cores": 2},
         "settings": {"data": {"source": "real"}}, "ratio": 0.5,
-        "ours": {"records_per_s": common.summarise([10.0])}, "theirs": {"records_per_s": common.summarise([20.0])},
+        "ours": {"records_per_s": measure.summarise([10.0])}, "theirs": {"records_per_s": measure.summarise([20.0])},
         "launch": None, "command": "python -m pipelines bench convert",
     }
-    common.write_result("convert", result, tmp_path)
+    measure.write_result("convert", result, tmp_path)
     out = report.write(tmp_path, tmp_path / "BENCHMARKS.md")
     text = out.read_text(encoding="utf-8")
     assert "Quick mode" in text and "| convert   | M1      | `0123456789` | quick | 0.5" in text, text
@@ -125,14 +125,14 @@ def test_report_writes_from_result_files(tmp_path):
 def test_a_result_of_another_spec_is_stale_and_kept_out_of_the_summary(tmp_path):
     old = {"benchmark": "train", "bench_version": "1", "mode": "full", "repeats": 3,
            "measured_at": "2026-11-22T16:47:12+0000", "machine": {"cpu": "Old CPU", "cores": 2}, "ratio": 9.9}
-    common.write_result("train", old, tmp_path)
-    common.write_result("convert", {**current("convert", eval_spec_version="0"), "mode": "full", "repeats": 1,
+    measure.write_result("train", old, tmp_path)
+    measure.write_result("convert", {**current("convert", eval_spec_version="0"), "mode": "full", "repeats": 1,
                                     "measured_at": "2026-11-23", "machine": {"cpu": "X", "cores": 2}}, tmp_path)
     text = report.write(tmp_path, tmp_path / "B.md").read_text(encoding="utf-8")
     assert "## Summary" not in text and "9.9" not in text and "## train" not in text
     stale = text.split("## Stale", 1)[1]
     assert "`train`: 2026-11-22T16:47:12+0000, commit not recorded" in stale
-    assert "bench spec 1, the code's is " + common.specs("train")["bench_spec_version"] in stale
+    assert "bench spec 1, the code's is " + measure.specs("train")["bench_spec_version"] in stale
     assert "`convert`: 2026-11-23, `0123456789`" in stale and "eval spec 0, the code's is" in stale
     assert "/work" not in text and "shared/" not in text  # no path of any machine
 
@@ -153,7 +153,7 @@ def _train_result(with_fp32: bool) -> dict:
 
 def _train_fields(with_fp32: bool) -> dict:
     def side(x: float) -> dict:
-        return {"samples_per_s": common.summarise([x]), "tokens_per_s": common.summarise([x * 200])}
+        return {"samples_per_s": measure.summarise([x]), "tokens_per_s": measure.summarise([x * 200])}
 
     scenario = {
         "description": "d", "ours": side(120.0), "theirs": side(60.0),
@@ -178,10 +178,10 @@ def test_train_render_shows_the_fp32_side_and_the_equal_precision_ratio():
 
 
 def test_report_adds_the_gpu_section_and_the_equal_precision_ratio(tmp_path):
-    common.write_result("train", _train_result(True), tmp_path)
+    measure.write_result("train", _train_result(True), tmp_path)
     gpu = _train_result(False)
     gpu["machine"] = {"cpu": "Y", "cores": 16, "gpu": ["NVIDIA H200 (143771 MiB)"]}
-    common.write_result("train", gpu, tmp_path / "gpu")
+    measure.write_result("train", gpu, tmp_path / "gpu")
     text = report.write(tmp_path, tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
     assert "1.5 with ours in fp32 too" in text
     assert "## train on a GPU" in text and "qwen2.5-0.5b-shape" in text and "NVIDIA H200 (143771 MiB)" in text
@@ -229,12 +229,12 @@ def quick_results(tmp_path_factory, tiny_base_dir):
 @pytest.mark.parametrize("name", BENCHES)
 def test_quick_benchmark_runs_end_to_end_and_is_stamped(quick_results, name):
     results, _ = quick_results
-    r = common.read_result(name, results)
+    r = measure.read_result(name, results)
     assert r is not None, f"bench {name} wrote no result"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert r["commit"]["sha"] == head and isinstance(r["commit"]["dirty"], bool)
     assert (r["bench_spec_version"], r["eval_spec_version"]) == (
-        common.specs(name)["bench_spec_version"], EVAL_SPEC_VERSION)
+        measure.specs(name)["bench_spec_version"], EVAL_SPEC_VERSION)
     assert r["quick"] and r["repeats"] == 1 and r["machine"]["cores"] >= 1
     assert isinstance(r["ratio"], float) and r["ratio"] > 0
     assert report.stale_reason(r) is None

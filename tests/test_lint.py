@@ -15,6 +15,8 @@ from pipelines.eval import evaluate as ev
 check.truthy(True)
 ev.request_key({})
 ev.build_messages({})
+
+from pipelines.measure import paths  # a first-party module that does not exist (a rename gone wrong)
 """
 
 
@@ -28,3 +30,4 @@ def test_mypy_reports_calls_of_functions_that_do_not_exist(tmp_path):
     assert len(found) == 3, out.stdout
     for name in ("truthy", "request_key", "build_messages"):
         assert any(f'no attribute "{name}"' in line for line in found), out.stdout
+    assert any('"pipelines.measure"' in line and "[import-not-found]" in line for line in out.stdout.splitlines())

@@ -371,15 +371,15 @@ def test_make_lock_passes_the_kind():
 
 
 def test_the_setup_benchmark_renders_and_reports(tmp_path):
-    from pipelines.bench import common, report
+    from pipelines.bench import measure, report
     from pipelines.bench import setup as bench_setup
 
     def side(cold: float, warm: float) -> dict:
-        return {"cold": common.summarise_runs([{"seconds": cold, "cpu_seconds": cold, "disk_mib": 4000.0}]),
-                "warm": common.summarise_runs([{"seconds": warm, "cpu_seconds": warm}]),
-                "noop": common.summarise_runs([{"seconds": 0.1, "cpu_seconds": 0.1}])}
+        return {"cold": measure.summarise_runs([{"seconds": cold, "cpu_seconds": cold, "disk_mib": 4000.0}]),
+                "warm": measure.summarise_runs([{"seconds": warm, "cpu_seconds": warm}]),
+                "noop": measure.summarise_runs([{"seconds": 0.1, "cpu_seconds": 0.1}])}
 
-    result = {"benchmark": "setup", "quick": False, "mode": "full", "repeats": 1, "measured_at": "2026-01-01T00:00:00",
+    result = {"benchmark": "setup", **measure.specs("setup"), "quick": False, "mode": "full", "repeats": 1, "measured_at": "2026-01-01T00:00:00",
               "machine": {"cpu": "X", "cores": 2}, "ratio": 7.5, "targets_s": bench_setup.TARGETS,
               "met": {"uv cold": True, "uv warm": True}, "same_distributions": True, "differences": [],
               "settings": {"uv": setup.UV_VERSION, "lock_distributions": {"requirements/lock/venv-cpu.txt": 137}},
@@ -387,7 +387,7 @@ def test_the_setup_benchmark_renders_and_reports(tmp_path):
     text = bench_setup.render(result)
     assert re.search(r"cold s \(empty caches, no venvs\)\s*\|\s*24\s*\|\s*180\s*\|\s*7\.5", text), text
     assert "uv cold ≤ 90 s: met" in text and "same distributions" in text and "7.5" in text
-    common.write_result("setup", result, tmp_path)
+    measure.write_result("setup", result, tmp_path)
     md = report.write(tmp_path, tmp_path / "BENCHMARKS.md").read_text(encoding="utf-8")
     assert "## setup" in md and "uv cold 24 s, warm 3.5 s; pip cold 180 s" in md
 

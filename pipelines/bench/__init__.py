@@ -11,7 +11,7 @@ On a CUDA machine `train` runs both sides on the GPU; with no model hub there, `
 --shape qwen2.5-0.5b` gives it a model of Qwen2.5-0.5B's shape (`--train-model models/qwen2.5-0.5b-shape`).
 Such a result, copied to `bench/results/gpu/train.json`, gets its own section in BENCHMARKS.md.
 
-Modules: `common` (summaries, tables, child processes with their peak RSS), `seeds` (the seeds' hand-written
+Modules: `measure` (summaries, tables, child processes with their peak RSS), `seeds` (the seeds' hand-written
 training loop, one-at-a-time `generate` and converter, re-implemented), `data` (CLUENER converted into a
 temporary folder, never into the repository), `server` (a vLLM server through `pipelines.serve`), the
 benchmarks `train`, `eval`, `convert`, `constrained`, `setup`, and `report` (BENCHMARKS.md).

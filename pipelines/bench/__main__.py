@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench import common
+from pipelines.bench import measure
 
 BENCHES = ("train", "train_options", "eval", "convert", "constrained")
 
@@ -31,7 +31,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="small sizes to check that everything runs; figures are noisy and marked quick")
     ap.add_argument("--data", default="auto", choices=["auto", "real", "sample"],
                     help="CLUENER: the real set in ../shared/datasets when present (auto), or the bundled sample")
-    ap.add_argument("--results-dir", type=Path, default=common.RESULTS_DIR, help="where <name>.json go")
+    ap.add_argument("--results-dir", type=Path, default=measure.RESULTS_DIR, help="where <name>.json go")
     ap.add_argument("--report", type=Path, help="where the report goes (default: BENCHMARKS.md)")
     ap.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, adapters) and print it")
     ap.add_argument("--threads", type=int,
@@ -84,12 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in todo:
             try:
                 result, text = _run(name, args, work / name)
-            except common.BenchError as e:
+            except measure.BenchError as e:
                 print(f"bench {name}: {e}", file=sys.stderr)
                 status = 1
                 continue
             result["command"] = command
-            path = common.write_result(name, result, args.results_dir)
+            path = measure.write_result(name, result, args.results_dir)
             print(f"\n{text}\nwrote {path}\n", flush=True)
         if args.which in ("all", "setup"):
             from pipelines.bench import report

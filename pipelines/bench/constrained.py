@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench import common, server
+from pipelines.bench import measure, server
 from pipelines.bench.data import prepare
 from pipelines.common.paths import ROOT, TINY_BASE, rel
 
@@ -27,7 +27,7 @@ CONCURRENCY = (1, 16, 64)
 QUICK_CONCURRENCY = (1, 16)
 QUICK_N = 32
 
-#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+#: This benchmark's method version (see pipelines.bench.measure): bump it when what it measures changes.
 BENCH_SPEC = "2"
 
 
@@ -73,8 +73,8 @@ async def _drive(base_url: str, items, concurrency: int, path: Path) -> dict[str
         seconds = time.perf_counter() - t0
     tokens = [row.get("completion_tokens") or 0 for row in done.values()]
     return {"prompts_per_s": len(items) / seconds, "seconds": seconds,
-            "p50_latency_ms": common.interpolated_percentile(timed.latencies, 50) * 1000,
-            "p95_latency_ms": common.interpolated_percentile(timed.latencies, 95) * 1000,
+            "p50_latency_ms": measure.interpolated_percentile(timed.latencies, 50) * 1000,
+            "p95_latency_ms": measure.interpolated_percentile(timed.latencies, 95) * 1000,
             "mean_output_tokens": sum(tokens) / len(tokens),
             "answers": {rid: done[(rid, key)]["answer"] for rid, key, _ in items}}
 
@@ -99,7 +99,7 @@ def grammar_costs(records: Sequence[dict]) -> dict[str, Any]:
         t2 = time.perf_counter()
         build.append((t1 - t0) * 1000)
         compile_.append((t2 - t1) * 1000)
-    return {f"{name}_ms_{p}": common.interpolated_percentile(values, q) for name, values in (("build", build), ("compile", compile_))
+    return {f"{name}_ms_{p}": measure.interpolated_percentile(values, q) for name, values in (("build", build), ("compile", compile_))
             for p, q in (("p50", 50), ("p99", 99))}
 
 
@@ -136,12 +136,12 @@ def bench(work: Path, *, repeats: int, quick: bool, adapter: str | None = None, 
     costs = grammar_costs(records)
     per_c: dict[str, dict[str, Any]] = {}
     for level, sides in runs.items():
-        plain, con = common.summarise_runs(sides["plain"]), common.summarise_runs(sides["constrained"])
+        plain, con = measure.summarise_runs(sides["plain"]), measure.summarise_runs(sides["constrained"])
         per_c[level] = {"plain": plain, "constrained": con,
-                    "ratio": common.ratio(common.median_of(con, "prompts_per_s"), common.median_of(plain, "prompts_per_s")),
+                    "ratio": measure.ratio(measure.median_of(con, "prompts_per_s"), measure.median_of(plain, "prompts_per_s")),
                     "runs": sides}
     top = str(max(levels))
-    result = common.envelope("constrained", quick=quick, repeats=repeats, settings={
+    result = measure.envelope("constrained", quick=quick, repeats=repeats, settings={
         "model": rel(TINY_BASE), "adapter": rel(adapter_path) if adapter_path.resolve().is_relative_to(ROOT)
         else "trained in the work dir", "adapter_from": "make all" if chosen else "the eval benchmark's",
         "prompts": len(records), "data": "bundled CLUENER validation split (data/raw/cluener_sample/dev.json)",
@@ -158,16 +158,16 @@ def render(result: dict[str, Any]) -> str:
     for c, p in result["concurrency"].items():
         for side in ("plain", "constrained"):
             s = p[side]
-            rows.append([c, side, common.spread(s.get("prompts_per_s")), common.spread(s.get("p50_latency_ms")),
-                         common.spread(s.get("p95_latency_ms")), common.spread(s.get("mean_output_tokens")),
-                         common.fmt(p["ratio"]) if side == "constrained" else ""])
+            rows.append([c, side, measure.spread(s.get("prompts_per_s")), measure.spread(s.get("p50_latency_ms")),
+                         measure.spread(s.get("p95_latency_ms")), measure.spread(s.get("mean_output_tokens")),
+                         measure.fmt(p["ratio"]) if side == "constrained" else ""])
     g = result["grammar_costs"]
     f1 = result.get("micro_f1") or {}
     return "\n".join([
-        common.table(["concurrency", "decoding", "prompts/s", "p50 ms", "p95 ms", "tokens/answer",
+        measure.table(["concurrency", "decoding", "prompts/s", "p50 ms", "p95 ms", "tokens/answer",
                       "constrained / plain"], rows),
         "",
-        f"Entity micro-F1 on these prompts: plain {common.fmt(f1.get('plain'))}, constrained "
-        f"{common.fmt(f1.get('constrained'))}. Grammar per record: build {g['build_ms_p50']:.2f} ms (p99 "
+        f"Entity micro-F1 on these prompts: plain {measure.fmt(f1.get('plain'))}, constrained "
+        f"{measure.fmt(f1.get('constrained'))}. Grammar per record: build {g['build_ms_p50']:.2f} ms (p99 "
         f"{g['build_ms_p99']:.2f}), xgrammar compile {g['compile_ms_p50']:.2f} ms (p99 {g['compile_ms_p99']:.2f}).",
     ])

@@ -16,18 +16,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench import common, server
+from pipelines.bench import measure, server
 from pipelines.bench.data import pick_raw, prepare
 
-#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+#: This benchmark's method version (see pipelines.bench.measure): bump it when what it measures changes.
 BENCH_SPEC = "2"
 
 
 def ours(raw: Path, work: Path, tag: str) -> dict[str, Any]:
     out = work / f"ours-{tag}"
     cmd = [sys.executable, "-m", "pipelines.data.convert", "cluener", "--raw", str(raw), "--out-dir", str(out)]
-    run = common.run_child(cmd, work / f"ours-{tag}.log")
-    common.check_child(run, "`python -m pipelines convert cluener` (ours)")
+    run = measure.run_child(cmd, work / f"ours-{tag}.log")
+    measure.check_child(run, "`python -m pipelines convert cluener` (ours)")
     n = sum(len(json.loads(p.read_text(encoding="utf-8"))) for p in out.glob("cluener_*.json"))
     return {"records_per_s": n / run.seconds, "records": n, "seconds": run.seconds, "peak_rss_mib": run.peak_rss_mib}
 
@@ -36,8 +36,8 @@ def theirs(raw: Path, work: Path, tag: str) -> dict[str, Any]:
     out = work / f"theirs-{tag}.json"
     cmd = [sys.executable, "-m", "pipelines.bench.seeds", "convert", "--raw", str(raw),
            "--out-dir", str(work / f"theirs-{tag}"), "--out", str(out)]
-    run = common.run_child(cmd, work / f"theirs-{tag}.log")
-    common.check_child(run, "the seeds' conversion (theirs)")
+    run = measure.run_child(cmd, work / f"theirs-{tag}.log")
+    measure.check_child(run, "the seeds' conversion (theirs)")
     n = json.loads(out.read_text())["records"]
     return {"records_per_s": n / run.seconds, "records": n, "seconds": run.seconds, "peak_rss_mib": run.peak_rss_mib}
 
@@ -55,7 +55,7 @@ def bench(work: Path, *, repeats: int, quick: bool, launches: int | None = None,
             (ours_runs if side == "ours" else their_runs).append(r)
             echo(f"convert: repeat {i + 1}/{repeats} {side}: {r['records']} records in {r['seconds']:.2f} s "
                  f"= {r['records_per_s']:.0f} records/s")
-    o, t = common.summarise_runs(ours_runs), common.summarise_runs(their_runs)
+    o, t = measure.summarise_runs(ours_runs), measure.summarise_runs(their_runs)
 
     launches = repeats if launches is None else launches
     launch_runs = []
@@ -66,7 +66,7 @@ def bench(work: Path, *, repeats: int, quick: bool, launches: int | None = None,
             with server.running(adapter_path, work / f"launch-{i}", port, echo=echo) as srv:
                 launch_runs.append({"ready_seconds": srv.ready_seconds, "rss_at_ready_mib": srv.rss_at_ready_mib,
                                     "pss_at_ready_mib": srv.pss_at_ready_mib})
-    result = common.envelope("convert", quick=quick, repeats=repeats, settings={
+    result = measure.envelope("convert", quick=quick, repeats=repeats, settings={
         "data": {"source": source, "raw": str(raw)},
         "ours": "python -m pipelines convert cluener --raw RAW --out-dir DIR (dict form)",
         "theirs": "python -m pipelines.bench.seeds convert (list form, no checks)",
@@ -74,27 +74,27 @@ def bench(work: Path, *, repeats: int, quick: bool, launches: int | None = None,
         "launches": launches,
     })
     result.update({
-        "ratio": common.ratio(common.median_of(o, "records_per_s"), common.median_of(t, "records_per_s")),
+        "ratio": measure.ratio(measure.median_of(o, "records_per_s"), measure.median_of(t, "records_per_s")),
         "ours": o, "theirs": t,
-        "launch": common.summarise_runs(launch_runs) if launch_runs else None,
+        "launch": measure.summarise_runs(launch_runs) if launch_runs else None,
         "runs": {"ours": ours_runs, "theirs": their_runs, "launch": launch_runs},
     })
     return result
 
 
 def render(result: dict[str, Any]) -> str:
-    rows = [["records/s", common.spread(result["ours"].get("records_per_s")),
-             common.spread(result["theirs"].get("records_per_s"))],
-            ["wall s", common.spread(result["ours"].get("seconds")), common.spread(result["theirs"].get("seconds"))],
-            ["peak RSS MiB", common.spread(result["ours"].get("peak_rss_mib")),
-             common.spread(result["theirs"].get("peak_rss_mib"))]]
+    rows = [["records/s", measure.spread(result["ours"].get("records_per_s")),
+             measure.spread(result["theirs"].get("records_per_s"))],
+            ["wall s", measure.spread(result["ours"].get("seconds")), measure.spread(result["theirs"].get("seconds"))],
+            ["peak RSS MiB", measure.spread(result["ours"].get("peak_rss_mib")),
+             measure.spread(result["theirs"].get("peak_rss_mib"))]]
     text = (f"convert: {result['settings']['data']['source']} CLUENER, train + dev\n"
-            + common.table(["convert", "ours (pipelines.data.convert)", "theirs (plain loop)"], rows)
-            + f"\nratio records/s ours/theirs: {common.fmt(result['ratio'])}")
+            + measure.table(["convert", "ours (pipelines.data.convert)", "theirs (plain loop)"], rows)
+            + f"\nratio records/s ours/theirs: {measure.fmt(result['ratio'])}")
     la = result.get("launch")
     if la:
-        text += (f"\nserver launch to ready: {common.spread(la.get('ready_seconds'))} s; memory at ready: "
-                 f"PSS {common.spread(la.get('pss_at_ready_mib'))} MiB, "
-                 f"RSS {common.spread(la.get('rss_at_ready_mib'))} "
+        text += (f"\nserver launch to ready: {measure.spread(la.get('ready_seconds'))} s; memory at ready: "
+                 f"PSS {measure.spread(la.get('pss_at_ready_mib'))} MiB, "
+                 f"RSS {measure.spread(la.get('rss_at_ready_mib'))} "
                  "MiB (sums over the server's processes; RSS counts shared pages once per process)")
     return text

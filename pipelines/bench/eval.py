@@ -30,7 +30,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pipelines_vllm_plugin as vllm_cpu_lora
-from pipelines.bench import common, server
+from pipelines.bench import measure, server
 from pipelines.bench.data import prepare
 from pipelines.common.io import write_json
 from pipelines.common.paths import ROOT, TINY_BASE, VENV_VLLM, rel, venv_bin
@@ -42,7 +42,7 @@ FULL_N = 200
 QUICK_N = 16
 WARMUP = 8
 
-#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+#: This benchmark's method version (see pipelines.bench.measure): bump it when what it measures changes.
 BENCH_SPEC = "2"
 
 
@@ -91,8 +91,8 @@ async def _drive(base_url: str, model: str, items, concurrency: int, path: Path)
     return {
         "prompts_per_s": len(items) / seconds,
         "output_tokens_per_s": sum(tokens) / seconds,
-        "p50_latency_ms": common.interpolated_percentile(timed.latencies, 50) * 1000,
-        "p95_latency_ms": common.interpolated_percentile(timed.latencies, 95) * 1000,
+        "p50_latency_ms": measure.interpolated_percentile(timed.latencies, 50) * 1000,
+        "p95_latency_ms": measure.interpolated_percentile(timed.latencies, 95) * 1000,
         "seconds": seconds,
         "mean_output_tokens": sum(tokens) / len(tokens),
         "client_cpu_ms_per_request": cpu * 1000 / len(items),
@@ -171,8 +171,8 @@ def vllm_bench(root_url: str, shape: dict[str, float], n: int, concurrency: int,
            "--save-result", "--result-dir", str(work), "--result-filename", out_name, "--disable-tqdm"]
     from pipelines.common.lfcli import cli_env
 
-    run = common.run_child(cmd, work / f"vllm-bench-{tag}.log", env=cli_env(), cwd=ROOT)
-    common.check_child(run, "`vllm bench serve`")
+    run = measure.run_child(cmd, work / f"vllm-bench-{tag}.log", env=cli_env(), cwd=ROOT)
+    measure.check_child(run, "`vllm bench serve`")
     r = json.loads((work / out_name).read_text())
     completed = r.get("completed") or n
     return {
@@ -196,8 +196,8 @@ def theirs_generate(adapter: Path, prompts: Path, n: int, work: Path, tag: str) 
     cmd = [sys.executable, "-m", "pipelines.bench.seeds", "generate", "--model", str(Path(TINY_BASE)),
            "--adapter", str(adapter), "--data", str(prompts), "--n", str(n), "--max-new-tokens", str(MAX_TOKENS),
            "--fixed-length", "--out", str(out)]
-    run = common.run_child(cmd, work / f"theirs-{tag}.log", env=cli_env())
-    common.check_child(run, "the seeds' one-at-a-time generate (theirs)")
+    run = measure.run_child(cmd, work / f"theirs-{tag}.log", env=cli_env())
+    measure.check_child(run, "the seeds' one-at-a-time generate (theirs)")
     return {**json.loads(out.read_text()), "peak_rss_mib": run.peak_rss_mib, "process_seconds": run.seconds}
 
 
@@ -215,7 +215,7 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
         records += json.loads(data.train.read_text(encoding="utf-8"))
     records = records[:n]
     if len(records) < n:
-        raise common.BenchError(f"only {len(records)} CLUENER records for `--eval-n {n}`: pass a smaller `--eval-n`.")
+        raise measure.BenchError(f"only {len(records)} CLUENER records for `--eval-n {n}`: pass a smaller `--eval-n`.")
     prompts = write_json(work / "prompts.json", records, indent=1)
     adapter_path = server.ensure_adapter(work, data.dir, adapter, echo=echo)
     shape = prompt_shape(records)
@@ -244,7 +244,7 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
                         continue
                     echo(f"eval: repeat {i + 1}/{repeats} c={c} {side}: {r['prompts_per_s']:.2f} prompts/s, "
                          f"p50 {r['p50_latency_ms']:.0f} ms, {r['mean_output_tokens']:.1f} tokens/answer")
-        best = max(levels, key=lambda c: common.median_of(common.summarise_runs(ours[c]), "prompts_per_s") or 0.0)
+        best = max(levels, key=lambda c: measure.median_of(measure.summarise_runs(ours[c]), "prompts_per_s") or 0.0)
         for i in range(repeats):
             r = ours_run_eval(srv.base_url, prompts, n, best, work / f"run-eval-{i}")
             run_eval_runs.append(r)
@@ -262,20 +262,20 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
         echo(f"eval: repeat {i + 1}/{repeats} theirs: {r['prompts_per_s']:.2f} prompts/s, "
              f"p50 {r['p50_latency_ms']:.0f} ms, {r['mean_output_tokens']:.1f} tokens/answer")
 
-    theirs = common.summarise_runs(theirs_runs)
+    theirs = measure.summarise_runs(theirs_runs)
     per_c: dict[str, dict[str, Any]] = {}
     for c in levels:
-        o = common.summarise_runs(ours[c])
-        v = common.summarise_runs(vb[c]) if vb[c] else None
+        o = measure.summarise_runs(ours[c])
+        v = measure.summarise_runs(vb[c]) if vb[c] else None
         per_c[str(c)] = {
             "ours": o,
             "vllm_bench": v,
-            "ratio": common.ratio(common.median_of(o, "prompts_per_s"), common.median_of(theirs, "prompts_per_s")),
-            "efficiency": common.ratio(common.median_of(o, "prompts_per_s"), common.median_of(v, "prompts_per_s"))
+            "ratio": measure.ratio(measure.median_of(o, "prompts_per_s"), measure.median_of(theirs, "prompts_per_s")),
+            "efficiency": measure.ratio(measure.median_of(o, "prompts_per_s"), measure.median_of(v, "prompts_per_s"))
             if v else None,
             "runs": {"ours": ours[c], "vllm_bench": vb[c]},
         }
-    result = common.envelope("eval", quick=quick, repeats=repeats, settings={
+    result = measure.envelope("eval", quick=quick, repeats=repeats, settings={
         "model": rel(TINY_BASE),
         "adapter": rel(adapter_path) if adapter_path.resolve().is_relative_to(ROOT) else "trained in the work dir",
         "prompts": n, "data": {"source": data.source, "split": "val (dev)"}, "max_tokens": MAX_TOKENS,
@@ -293,7 +293,7 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
         "efficiency_at_best": per_c[str(best)]["efficiency"],
         "efficiency_min": min(efficiencies) if efficiencies else None, "target_efficiency": 0.9,
         "theirs": theirs, "concurrency": per_c,
-        "run_eval_natural_stop": {"concurrency": best, **common.summarise_runs(run_eval_runs)},
+        "run_eval_natural_stop": {"concurrency": best, **measure.summarise_runs(run_eval_runs)},
         "runs": {"theirs": theirs_runs, "run_eval": run_eval_runs},
     })
     return result
@@ -301,24 +301,24 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
 
 def render(result: dict[str, Any]) -> str:
     th = result["theirs"]
-    rows = [["theirs: HF generate, 1 at a time", "1", common.spread(th.get("prompts_per_s")),
-             common.spread(th.get("p50_latency_ms")), common.spread(th.get("p95_latency_ms")), "-", "-", "-", "-"]]
+    rows = [["theirs: HF generate, 1 at a time", "1", measure.spread(th.get("prompts_per_s")),
+             measure.spread(th.get("p50_latency_ms")), measure.spread(th.get("p95_latency_ms")), "-", "-", "-", "-"]]
     for c, p in result["concurrency"].items():
         o, v = p["ours"], p["vllm_bench"] or {}
-        rows.append(["ours: evaluator → vLLM", c, common.spread(o.get("prompts_per_s")),
-                     common.spread(o.get("p50_latency_ms")), common.spread(o.get("p95_latency_ms")),
-                     common.fmt(p["ratio"]), common.spread(v.get("prompts_per_s")) if v else "-",
-                     common.fmt(p["efficiency"]), common.spread(o.get("client_cpu_ms_per_request"))])
+        rows.append(["ours: evaluator → vLLM", c, measure.spread(o.get("prompts_per_s")),
+                     measure.spread(o.get("p50_latency_ms")), measure.spread(o.get("p95_latency_ms")),
+                     measure.fmt(p["ratio"]), measure.spread(v.get("prompts_per_s")) if v else "-",
+                     measure.fmt(p["efficiency"]), measure.spread(o.get("client_cpu_ms_per_request"))])
     re_ = result["run_eval_natural_stop"]
     s = result["settings"]
     return (f"eval: {s['prompts']} prompts, {s['max_tokens']} tokens per answer on every side\n"
-            + common.table(["side", "concurrency", "prompts/s", "p50 ms", "p95 ms", "ratio ours/theirs",
+            + measure.table(["side", "concurrency", "prompts/s", "p50 ms", "p95 ms", "ratio ours/theirs",
                             "vllm bench prompts/s", "efficiency", "client CPU ms/req"], rows)
-            + f"\nratio at the best concurrency ({result['best_concurrency']}): {common.fmt(result['ratio'])} "
-            f"(target ≥ {result['target_ratio']}); efficiency there {common.fmt(result['efficiency_at_best'])}, "
-            f"lowest {common.fmt(result['efficiency_min'])} (target ≥ {result['target_efficiency']})\n"
+            + f"\nratio at the best concurrency ({result['best_concurrency']}): {measure.fmt(result['ratio'])} "
+            f"(target ≥ {result['target_ratio']}); efficiency there {measure.fmt(result['efficiency_at_best'])}, "
+            f"lowest {measure.fmt(result['efficiency_min'])} (target ≥ {result['target_efficiency']})\n"
             f"run_eval end to end (natural stop, scoring) at c={re_['concurrency']}: "
-            f"{common.spread(re_.get('prompts_per_s'))} prompts/s; server ready in "
-            f"{common.fmt(s['server']['ready_seconds'])} s, memory (PSS) {common.fmt(s['server'].get('pss_end_mib'))} "
+            f"{measure.spread(re_.get('prompts_per_s'))} prompts/s; server ready in "
+            f"{measure.fmt(s['server']['ready_seconds'])} s, memory (PSS) {measure.fmt(s['server'].get('pss_end_mib'))} "
             f"MiB after the runs; "
-            f"theirs peak RSS {common.spread(th.get('peak_rss_mib'))} MiB")
+            f"theirs peak RSS {measure.spread(th.get('peak_rss_mib'))} MiB")

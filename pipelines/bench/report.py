@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench import common
+from pipelines.bench import measure
 from pipelines.common.paths import ROOT
 
 OUT = ROOT / "BENCHMARKS.md"
@@ -33,7 +33,7 @@ BENCHES = ("train", "train_options", "eval", "convert", "constrained", "setup")
 
 def stale_reason(result: dict[str, Any]) -> str | None:
     """Why a result does not describe the current code (another bench or eval spec), or None."""
-    from pipelines.bench import common as c
+    from pipelines.bench import measure as c
 
     want = c.specs(result["benchmark"])
     got_bench = result.get("bench_spec_version", result.get("bench_version"))
@@ -127,31 +127,31 @@ def _also(name: str, r: dict[str, Any]) -> str:
     if name == "train":
         sc = (r.get("scenarios") or {}).get("seeds_prompt")
         equal = (r.get("ratios") or {}).get("samples_per_s at equal precision (ours fp32)")
-        parts = ([f"{common.fmt(equal)} with ours in fp32 too"] if equal else []) + (
-            [f"{common.fmt(sc['ratio'])} with the seeds' short prompt"] if sc else [])
+        parts = ([f"{measure.fmt(equal)} with ours in fp32 too"] if equal else []) + (
+            [f"{measure.fmt(sc['ratio'])} with the seeds' short prompt"] if sc else [])
         return "; ".join(parts) or "-"
     if name == "eval":
         return (f"at concurrency {r.get('best_concurrency')}; evaluator efficiency vs `vllm bench serve`: "
-                f"{common.fmt(r.get('efficiency_min'))} at worst (target ≥ {r.get('target_efficiency')})")
+                f"{measure.fmt(r.get('efficiency_min'))} at worst (target ≥ {r.get('target_efficiency')})")
     if name == "constrained":
         f1 = r.get("micro_f1") or {}
         return (f"constrained / plain prompts/s at concurrency {r.get('ratio_at_concurrency')}; entity micro-F1 "
-                f"{common.fmt(f1.get('plain'))} → {common.fmt(f1.get('constrained'))}")
+                f"{measure.fmt(f1.get('plain'))} → {measure.fmt(f1.get('constrained'))}")
     if name == "setup":
         sides = r.get("sides") or {}
-        times = [f"{i} cold {common.fmt(common.median_of(sides[i]['cold'], 'seconds'))} s, warm "
-                 f"{common.fmt(common.median_of(sides[i]['warm'], 'seconds'))} s" for i in ("uv", "pip") if i in sides]
+        times = [f"{i} cold {measure.fmt(measure.median_of(sides[i]['cold'], 'seconds'))} s, warm "
+                 f"{measure.fmt(measure.median_of(sides[i]['warm'], 'seconds'))} s" for i in ("uv", "pip") if i in sides]
         targets = ", ".join(f"{k} ≤ {v} s" for k, v in (r.get("targets_s") or {}).items())
         return f"ratio = pip's cold s / uv's; {'; '.join(times)} (targets {targets})"
     if name == "convert" and r.get("launch"):
-        return f"server ready in {common.spread(r['launch'].get('ready_seconds'))} s"
+        return f"server ready in {measure.spread(r['launch'].get('ready_seconds'))} s"
     return "-"
 
 
-def write(results_dir: Path = common.RESULTS_DIR, out: Path = OUT) -> Path:
+def write(results_dir: Path = measure.RESULTS_DIR, out: Path = OUT) -> Path:
     """BENCHMARKS.md from the result files alone: current results in the summary and sections, stale ones listed."""
-    found = {n: common.read_result(n, results_dir) for n in BENCHES}
-    gpu = common.read_result("train", results_dir / "gpu")
+    found = {n: measure.read_result(n, results_dir) for n in BENCHES}
+    gpu = measure.read_result("train", results_dir / "gpu")
     everything = [r for r in (*found.values(), gpu) if r]
     stale = {n: (r, stale_reason(r)) for n, r in found.items() if r and stale_reason(r)}
     if gpu and stale_reason(gpu):
@@ -165,9 +165,9 @@ def write(results_dir: Path = common.RESULTS_DIR, out: Path = OUT) -> Path:
         for n, r in current.items():
             target = r.get("target_ratio")
             mode = r.get("mode", "").split(" ")[0]
-            summary.append([n, labels[machine_key(r["machine"])], commit_of(r), mode, common.fmt(r.get("ratio")),
+            summary.append([n, labels[machine_key(r["machine"])], commit_of(r), mode, measure.fmt(r.get("ratio")),
                             f"≥ {target}" if target else "-", _also(n, r)])
-        parts += ["## Summary\n", common.table(["benchmark", "machine", "commit", "mode", "ratio ours/theirs",
+        parts += ["## Summary\n", measure.table(["benchmark", "machine", "commit", "mode", "ratio ours/theirs",
                                                  "target", "also"], summary), ""]
     for n, r in current.items():
         parts.append(_section(n, r))

@@ -187,7 +187,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.bench.common import interpolated_percentile as percentile
+    from pipelines.bench.measure import interpolated_percentile as percentile
 
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.bench import common
+from pipelines.bench import measure
 from pipelines.common import lfcli
 from pipelines.common.net import free_port
 from pipelines.common.paths import ROOT, TINY_BASE
@@ -39,9 +39,9 @@ def ensure_adapter(work: Path, data_dir: Path, adapter: str | None, *, samples: 
     overrides = [f"dataset_dir={data_dir}", f"max_samples={samples}", "num_train_epochs=1", "eval_dataset=null",
                  "do_eval=false", f"output_dir={out}", "report_to=none", "plot_loss=false", "logging_steps=1000"]
     overrides += train.precision_overrides(yaml.safe_load(CONFIG.read_text(encoding="utf-8")))  # as make train
-    run = common.run_child(lfcli.cli("train", str(CONFIG), *overrides), work.parent / "adapter.log",
+    run = measure.run_child(lfcli.cli("train", str(CONFIG), *overrides), work.parent / "adapter.log",
                            env=lfcli.cli_env())
-    common.check_child(run, "training the benchmark's adapter")
+    measure.check_child(run, "training the benchmark's adapter")
     return out
 
 

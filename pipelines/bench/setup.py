@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import setup as project_setup
-from pipelines.bench import common
+from pipelines.bench import measure
 from pipelines.common.paths import ROOT, rel, venv_bin
 
 INSTALLERS = ("uv", "pip")
@@ -43,7 +43,7 @@ TARGETS = {"uv cold": 90, "uv warm": 20}
 _LIST = ("import importlib.metadata as m, json; "
          "print(json.dumps(sorted(f\"{d.metadata['Name'].lower()}=={d.version}\" for d in m.distributions())))")
 
-#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+#: This benchmark's method version (see pipelines.bench.measure): bump it when what it measures changes.
 BENCH_SPEC = "2"
 
 
@@ -97,15 +97,15 @@ def _check(phase: str, installer: str, log: Path) -> None:
     text = log.read_text(errors="replace")
     if phase == "noop":
         if text.count("is up to date") != 2:
-            raise common.BenchError(f"setup with {installer} again did more than nothing; see {log}")
+            raise measure.BenchError(f"setup with {installer} again did more than nothing; see {log}")
     elif text.count("installed requirements/lock/") != 2 or "(no lock)" in text:
-        raise common.BenchError(f"setup with {installer} ({phase}) did not install both locks; see {log}")
+        raise measure.BenchError(f"setup with {installer} ({phase}) did not install both locks; see {log}")
 
 
 def bench(work: Path, repeats: int = 1, quick: bool = False, echo=print) -> dict[str, Any]:
     installers = ("uv",) if quick else INSTALLERS
     locks = [i.path for i in project_setup.lock_inputs("cpu")]
-    result = common.envelope("setup", quick=quick, repeats=repeats, settings={})  # the time and load at the start
+    result = measure.envelope("setup", quick=quick, repeats=repeats, settings={})  # the time and load at the start
     runs: dict[str, dict[str, list[dict[str, float]]]] = {i: {p: [] for p in PHASES} for i in installers}
     runs["uv"][PYPI] = []
     same: list[bool] = []
@@ -120,9 +120,9 @@ def bench(work: Path, repeats: int = 1, quick: bool = False, echo=print) -> dict
                 elif phase == "warm":
                     shutil.rmtree(venvs, ignore_errors=True)
                 echo(f"bench setup: {installer} {phase} (repeat {rep + 1}/{repeats}) …")
-                run = common.run_child(setup_command(venvs), work / f"{installer}-{rep}-{phase}.log", env=child_env(side, installer),
+                run = measure.run_child(setup_command(venvs), work / f"{installer}-{rep}-{phase}.log", env=child_env(side, installer),
                                        cwd=ROOT, timeout=3600)
-                common.check_child(run, f"`python3 -m pipelines setup` with {installer} ({phase})")
+                measure.check_child(run, f"`python3 -m pipelines setup` with {installer} ({phase})")
                 _check(phase, installer, run.log)
                 figures = {"seconds": run.seconds, "cpu_seconds": run.cpu_seconds}
                 if phase == "cold":
@@ -131,10 +131,10 @@ def bench(work: Path, repeats: int = 1, quick: bool = False, echo=print) -> dict
                 echo(f"  {run.seconds:.1f} s")
         side = work / f"uv-pypi-{rep}"
         echo(f"bench setup: uv cold from PyPI, no local mirrors (repeat {rep + 1}/{repeats}) …")
-        run = common.run_child(setup_command(side / "venvs"),
+        run = measure.run_child(setup_command(side / "venvs"),
                                work / f"uv-{rep}-{PYPI}.log", env=child_env(side, "uv", pypi_only=True), cwd=ROOT,
                                timeout=3600)
-        common.check_child(run, "`python3 -m pipelines setup` with uv (cold from PyPI)")
+        measure.check_child(run, "`python3 -m pipelines setup` with uv (cold from PyPI)")
         _check(PYPI, "uv", run.log)
         runs["uv"][PYPI].append({"seconds": run.seconds, "cpu_seconds": run.cpu_seconds, "disk_mib": disk_mib(side)})
         echo(f"  {run.seconds:.1f} s")
@@ -157,12 +157,12 @@ def bench(work: Path, repeats: int = 1, quick: bool = False, echo=print) -> dict
                    "noop": "again, nothing changed",
                    PYPI: "uv cold, PIP_CONFIG_FILE=/dev/null: no local mirrors; PIP_FIND_LINKS (the CPU torch) kept"},
     })
-    summary = {i: {p: common.summarise_runs(r) for p, r in by_phase.items()} for i, by_phase in runs.items()}
-    cold = {i: common.median_of(summary[i]["cold"], "seconds") for i in installers}
+    summary = {i: {p: measure.summarise_runs(r) for p, r in by_phase.items()} for i, by_phase in runs.items()}
+    cold = {i: measure.median_of(summary[i]["cold"], "seconds") for i in installers}
     result.update({
-        "ratio": common.ratio(cold.get("pip"), cold.get("uv")),  # pip's seconds / uv's: how many times faster uv is
+        "ratio": measure.ratio(cold.get("pip"), cold.get("uv")),  # pip's seconds / uv's: how many times faster uv is
         "targets_s": TARGETS,
-        "met": {k: (common.median_of(summary[k.split()[0]][k.split()[1]], "seconds") or 1e9) <= v
+        "met": {k: (measure.median_of(summary[k.split()[0]][k.split()[1]], "seconds") or 1e9) <= v
                 for k, v in TARGETS.items() if k.split()[0] in summary},
         "same_distributions": all(same) if same else None,
         "differences": differences,
@@ -177,14 +177,14 @@ def render(result: dict[str, Any]) -> str:
     names = [i for i in INSTALLERS if i in sides]
 
     def cell(i: str, phase: str, figure: str) -> str:
-        return common.spread((sides[i].get(phase) or {}).get(figure))
+        return measure.spread((sides[i].get(phase) or {}).get(figure))
 
     def row(label: str, phase: str, figure: str) -> list[str]:
         cells = [cell(i, phase, figure) for i in names]
         if len(names) == 2:
-            r = common.ratio(common.median_of(sides["pip"].get(phase) or {}, figure),
-                             common.median_of(sides["uv"].get(phase) or {}, figure))
-            cells.append(common.fmt(r))
+            r = measure.ratio(measure.median_of(sides["pip"].get(phase) or {}, figure),
+                             measure.median_of(sides["uv"].get(phase) or {}, figure))
+            cells.append(measure.fmt(r))
         return [label, *cells]
 
     headers = ["both venvs", *names, *(["pip/uv"] if len(names) == 2 else [])]
@@ -199,7 +199,7 @@ def render(result: dict[str, Any]) -> str:
     met = ", ".join(f"{k} ≤ {v} s: {'met' if result['met'].get(k) else 'missed'}"
                     for k, v in result["targets_s"].items() if k in result["met"])
     text = (f"setup: .venv + .venv-vllm from the locks {locks}, uv {result['settings']['uv']}\n"
-            + common.table(headers, rows)
+            + measure.table(headers, rows)
             + f"\ntargets on {result['machine'].get('cores')} cores: {met}")
     if result.get("same_distributions") is not None:
         text += ("\nboth installers left the same distributions at the same versions"

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.bench import common, seeds
+from pipelines.bench import measure, seeds
 from pipelines.bench.data import prepare
 from pipelines.common import lfcli
 from pipelines.common.device import has_cuda
@@ -38,7 +38,7 @@ QUICK = {"samples": 64, "epochs": 1}
 BATCH = 16
 LR = 1e-4
 
-#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+#: This benchmark's method version (see pipelines.bench.measure): bump it when what it measures changes.
 BENCH_SPEC = "2"
 
 
@@ -84,8 +84,8 @@ def lora_settings(config: Path) -> dict[str, Any]:
 def run_ours(config: Path, overrides: list[str], work: Path, tag: str, samples: int) -> dict[str, Any]:
     """One `llamafactory-cli train` run; `samples` = records x epochs (HF rounds its samples/s to 3 decimals)."""
     out_dir = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir=")))
-    run = common.run_child(lfcli.cli("train", str(config), *overrides), work / f"ours-{tag}.log", env=lfcli.cli_env())
-    common.check_child(run, "`llamafactory-cli train` (ours)")
+    run = measure.run_child(lfcli.cli("train", str(config), *overrides), work / f"ours-{tag}.log", env=lfcli.cli_env())
+    measure.check_child(run, "`llamafactory-cli train` (ours)")
     res = json.loads((out_dir / "all_results.json").read_text())
     state = json.loads((out_dir / "trainer_state.json").read_text())
     seconds = res["train_runtime"]
@@ -107,8 +107,8 @@ def run_ours(config: Path, overrides: list[str], work: Path, tag: str, samples: 
 def run_theirs(args: list[str], work: Path, tag: str) -> dict[str, Any]:
     out = work / f"theirs-{tag}.json"
     cmd = [sys.executable, "-m", "pipelines.bench.seeds", "train", *args, "--out", str(out)]
-    run = common.run_child(cmd, work / f"theirs-{tag}.log", env=lfcli.cli_env())
-    common.check_child(run, "the seeds' training loop (theirs)")
+    run = measure.run_child(cmd, work / f"theirs-{tag}.log", env=lfcli.cli_env())
+    measure.check_child(run, "the seeds' training loop (theirs)")
     res = json.loads(out.read_text())
     return {**res, "process_seconds": run.seconds, "process_cpu_s": run.cpu_seconds, "peak_rss_mib": run.peak_rss_mib}
 
@@ -178,17 +178,17 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
                 echo(f"train [{scenario}]:   {side}: {r['samples_per_s']:.2f} samples/s, "
                      f"{r['tokens_per_s'] or 0:.0f} tokens/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
         ours_runs, their_runs = runs["ours"], runs["theirs"]
-        ours, theirs = common.summarise_runs(ours_runs), common.summarise_runs(their_runs)
-        med = common.median_of
+        ours, theirs = measure.summarise_runs(ours_runs), measure.summarise_runs(their_runs)
+        med = measure.median_of
         last = their_runs[-1]
         per[scenario] = {
             "description": SCENARIOS[scenario],
             "dataset": dataset,
-            "ratio": common.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
+            "ratio": measure.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
             "ratios": {
-                "samples_per_s": common.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
-                "tokens_per_s": common.ratio(med(ours, "tokens_per_s"), med(theirs, "tokens_per_s")),
-                "peak_rss (theirs/ours)": common.ratio(med(theirs, "peak_rss_mib"), med(ours, "peak_rss_mib")),
+                "samples_per_s": measure.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
+                "tokens_per_s": measure.ratio(med(ours, "tokens_per_s"), med(theirs, "tokens_per_s")),
+                "peak_rss (theirs/ours)": measure.ratio(med(theirs, "peak_rss_mib"), med(ours, "peak_rss_mib")),
             },
             "theirs_padding": {
                 "max_source": last["max_source"], "max_target": last["max_target"],
@@ -201,11 +201,11 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
             "ours": ours, "theirs": theirs, "runs": runs,
         }
         if "ours_fp32" in runs:
-            fp32 = common.summarise_runs(runs["ours_fp32"])
+            fp32 = measure.summarise_runs(runs["ours_fp32"])
             per[scenario]["ours_fp32"] = fp32
-            per[scenario]["ratios"]["samples_per_s at equal precision (ours fp32)"] = common.ratio(
+            per[scenario]["ratios"]["samples_per_s at equal precision (ours fp32)"] = measure.ratio(
                 med(fp32, "samples_per_s"), med(theirs, "samples_per_s"))
-    result = common.envelope("train", quick=quick, repeats=repeats, settings={
+    result = measure.envelope("train", quick=quick, repeats=repeats, settings={
         "model": model, "config": rel(config),
         "data": {"source": data.source, "raw": str(data.raw), "records": samples},
         "samples": samples, "epochs": epochs, "batch_size": BATCH, "learning_rate": LR, "lora": lora,
@@ -238,21 +238,21 @@ def render(result: dict[str, Any]) -> str:
     parts = []
     for name, sc in result["scenarios"].items():
         fp32 = sc.get("ours_fp32")
-        rows = [[label, common.spread(sc["ours"].get(k)), *([common.spread(fp32.get(k))] if fp32 else []),
-                 common.spread(sc["theirs"].get(k))] for label, k in FIGURES]
+        rows = [[label, measure.spread(sc["ours"].get(k)), *([measure.spread(fp32.get(k))] if fp32 else []),
+                 measure.spread(sc["theirs"].get(k))] for label, k in FIGURES]
         r, pad = sc["ratios"], sc["theirs_padding"]
         precision = result["settings"].get("ours_precision", "fp32")
         equal = r.get("samples_per_s at equal precision (ours fp32)")
         parts.append(
             f"train, {name}: {sc['description']}\n"
-            + common.table(["figure", f"ours (LLaMA-Factory, {precision})", *(["ours in fp32"] if fp32 else []),
+            + measure.table(["figure", f"ours (LLaMA-Factory, {precision})", *(["ours in fp32"] if fp32 else []),
                             "theirs (seeds' loop, fp32)"], rows)
-            + f"\nratio samples/s ours/theirs: {common.fmt(r['samples_per_s'])} (target ≥ {result['target_ratio']}); "
-            + (f"at equal precision (ours in fp32): {common.fmt(equal)}; " if equal else "")
-            + f"tokens/s: {common.fmt(r['tokens_per_s'])}; "
-            f"peak RSS theirs/ours: {common.fmt(r['peak_rss (theirs/ours)'])}"
-            f"\nsamples: prompt {common.fmt(pad.get('mean_prompt'))} tokens on average (longest {pad['longest_prompt']}), "
-            f"answer {common.fmt(pad.get('mean_response'))} (longest {pad['longest_response']}); theirs pads every "
+            + f"\nratio samples/s ours/theirs: {measure.fmt(r['samples_per_s'])} (target ≥ {result['target_ratio']}); "
+            + (f"at equal precision (ours in fp32): {measure.fmt(equal)}; " if equal else "")
+            + f"tokens/s: {measure.fmt(r['tokens_per_s'])}; "
+            f"peak RSS theirs/ours: {measure.fmt(r['peak_rss (theirs/ours)'])}"
+            f"\nsamples: prompt {measure.fmt(pad.get('mean_prompt'))} tokens on average (longest {pad['longest_prompt']}), "
+            f"answer {measure.fmt(pad.get('mean_response'))} (longest {pad['longest_response']}); theirs pads every "
             f"sample to {pad['max_source']}+{pad['max_target']}+1 = {pad['max_source'] + pad['max_target'] + 1}, "
             f"{pad['pad_fraction']:.0%} of its positions are padding")
     return "\n\n".join(parts)

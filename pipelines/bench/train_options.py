@@ -18,13 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench import common
+from pipelines.bench import measure
 from pipelines.bench import train as tb
 from pipelines.bench.data import prepare
 from pipelines.common.device import has_cuda
 from pipelines.common.paths import TINY_BASE, rel
 
-#: This benchmark's method version (see pipelines.bench.common): bump it when what it measures changes.
+#: This benchmark's method version (see pipelines.bench.measure): bump it when what it measures changes.
 BENCH_SPEC = "1"
 
 #: name -> (what it changes, its overrides on top of the benchmark's; the last value of a key wins)
@@ -65,7 +65,7 @@ def verdict(base_runs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> tupl
     loss = [r["train_loss_mean"] for r in runs]
     base_loss = [r["train_loss_mean"] for r in base_runs]
     noise = max(base_loss) - min(base_loss)
-    shift = abs(common.summarise(loss)["median"] - common.summarise(base_loss)["median"])
+    shift = abs(measure.summarise(loss)["median"] - measure.summarise(base_loss)["median"])
     faster = min(speed) > max(base_speed)
     same_loss = shift <= noise
     why = (f"{'faster' if faster else 'not faster'} in every repeat; loss moved {shift:.4f} against a seed "
@@ -82,7 +82,7 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
         names = ("baseline", *names)
     unknown = [n for n in names if n not in OPTIONS]
     if unknown:
-        raise common.BenchError(f"unknown option `{unknown[0]}`; choose from {', '.join(OPTIONS)}.")
+        raise measure.BenchError(f"unknown option `{unknown[0]}`; choose from {', '.join(OPTIONS)}.")
     data = prepare(work, data_source)
     cuda = has_cuda()
     precision = ["use_cpu=false"] if cuda else ["bf16=false"]
@@ -100,16 +100,16 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
             runs[name].append(r)
             echo(f"train options: repeat {i + 1}/{repeats} {name}: {r['samples_per_s']:.2f} samples/s, "
                  f"loss {r['train_loss_mean']:.4f}")
-    base_summary = common.summarise_runs(runs["baseline"])
+    base_summary = measure.summarise_runs(runs["baseline"])
     rows: list[dict[str, Any]] = []
     for name in names:
-        summary = common.summarise_runs(runs[name])
+        summary = measure.summarise_runs(runs[name])
         kept, why = (None, "the reference") if name == "baseline" else verdict(runs["baseline"], runs[name])
         rows.append({"name": name, "change": OPTIONS[name][0], "overrides": OPTIONS[name][1], "kept": kept,
-                     "why": why, "ratio": common.ratio(common.median_of(summary, "samples_per_s"),
-                                                       common.median_of(base_summary, "samples_per_s")),
+                     "why": why, "ratio": measure.ratio(measure.median_of(summary, "samples_per_s"),
+                                                       measure.median_of(base_summary, "samples_per_s")),
                      "summary": summary, "runs": runs[name]})
-    result = common.envelope("train_options", quick=quick, repeats=repeats, settings={
+    result = measure.envelope("train_options", quick=quick, repeats=repeats, settings={
         "model": rel(model), "config": rel(config), "samples": samples, "epochs": 1, "precision": "fp32",
         "device": "cuda" if cuda else "cpu", "data": data.source,
         "rule": "kept = faster in every repeat and the loss within the baseline's seed spread",
@@ -125,9 +125,9 @@ def render(result: dict[str, Any]) -> str:
     for o in result["options"]:
         s = o["summary"]
         kept = {True: "kept", False: "not kept", None: "-" if o["name"] == "baseline" else "undecided"}[o["kept"]]
-        rows.append([o["name"], common.spread(s.get("samples_per_s")), common.fmt(o["ratio"]),
-                     common.spread(s.get("train_loss_mean")), kept, o["change"]])
+        rows.append([o["name"], measure.spread(s.get("samples_per_s")), measure.fmt(o["ratio"]),
+                     measure.spread(s.get("train_loss_mean")), kept, o["change"]])
     return (f"train options at equal precision (fp32), {result['settings']['samples']} samples, "
             f"{result['repeats']} repeat(s); ratio = samples/s / the baseline's\n"
-            + common.table(["option", "samples/s", "ratio", "mean train loss", "verdict", "change"], rows)
+            + measure.table(["option", "samples/s", "ratio", "mean train loss", "verdict", "change"], rows)
             + f"\nkept: {result.get('best_kept') or 'none'} ({result['settings']['rule']})")
