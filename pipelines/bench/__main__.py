@@ -124,12 +124,12 @@ def _run(name: str, args: argparse.Namespace, work: Path):
                                 data_source=args.data, **({"model": args.train_model} if args.train_model else {}))
         return r, train_options.render(r)
     if name == "eval":
-        from pipelines.bench import eval as ev
+        from pipelines.bench import eval as eval_bench
 
-        r = ev.bench(work, repeats=args.repeats, quick=args.quick, n=args.eval_n, concurrency=args.concurrency,
+        r = eval_bench.bench(work, repeats=args.repeats, quick=args.quick, n=args.eval_n, concurrency=args.concurrency,
                      adapter=args.adapter, port=args.port, data_source=args.data,
                      with_vllm_bench=not args.no_vllm_bench)
-        return r, ev.render(r)
+        return r, eval_bench.render(r)
     if name == "constrained":
         from pipelines.bench import constrained
 

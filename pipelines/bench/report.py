@@ -89,9 +89,9 @@ def _runs(results: dict[str, dict[str, Any]], labels: dict[tuple, str]) -> str:
 
 def _section(name: str, result: dict[str, Any]) -> str:
     from pipelines.bench import constrained, convert, setup, train, train_options
-    from pipelines.bench import eval as ev
+    from pipelines.bench import eval as eval_bench
 
-    render = {"train": train.render, "train_options": train_options.render, "eval": ev.render,
+    render = {"train": train.render, "train_options": train_options.render, "eval": eval_bench.render,
               "convert": convert.render,
               "constrained": constrained.render, "setup": setup.render}[name]
     warn = ""

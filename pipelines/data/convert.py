@@ -139,7 +139,7 @@ def _file_checks(path: Path, data: bytes) -> None:
                            "convert it to LF endings (e.g. `dos2unix`).")
 
 
-def _json_lines(path: Path, data: bytes) -> Iterator[tuple[int, object]]:
+def _read_json_lines(path: Path, data: bytes) -> Iterator[tuple[int, object]]:
     """(line number, parsed value or RowError) for each non-blank line."""
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
@@ -217,7 +217,7 @@ def read_rows(path: Path, raw_format: str, name: str) -> Iterator[tuple[int, obj
     if raw_format == "any":
         raw_format = "list" if data.lstrip().startswith(b"[") else "lines"
     if raw_format == "lines":
-        return _json_lines(path, data)
+        return _read_json_lines(path, data)
     return _json_list(path, data, name)
 
 

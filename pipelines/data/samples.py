@@ -288,7 +288,7 @@ def classification_records(seed: int, n: int) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------------------- writing
-def _json_lines(rows: list[dict]) -> str:
+def _as_json_lines(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
@@ -300,11 +300,11 @@ def render(seed: int = SEED) -> dict[str, str]:
     """Every sample file, as `{relative path: text}`: a pure function of `seed`."""
     train, dev = cluener_lines(seed, (CLUENER_TRAIN_SIZE, CLUENER_DEV_SIZE))
     return {
-        "cluener_sample/train.json": _json_lines(train),
-        "cluener_sample/dev.json": _json_lines(dev),
+        "cluener_sample/train.json": _as_json_lines(train),
+        "cluener_sample/dev.json": _as_json_lines(dev),
         "ruozhiba_sample.json": _json_list(ruozhiba_records(seed, RUOZHIBA_SIZE)),
         "huanhuan_sample.json": _json_list(huanhuan_records(seed, HUANHUAN_SIZE)),
-        "classification_sample.json": _json_lines(classification_records(seed, CLASSIFICATION_SIZE)),
+        "classification_sample.json": _as_json_lines(classification_records(seed, CLASSIFICATION_SIZE)),
     }
 
 
