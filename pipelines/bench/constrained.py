@@ -21,7 +21,7 @@ from typing import Any
 
 from pipelines.bench import measure, server
 from pipelines.bench.data import prepare
-from pipelines.common.paths import ROOT, TINY_BASE, rel
+from pipelines.common.paths import RESULTS_DIR, ROOT, TINY_BASE, rel
 
 CONCURRENCY = (1, 16, 64)
 QUICK_CONCURRENCY = (1, 16)
@@ -35,7 +35,7 @@ def make_all_adapter(echo=print) -> Path | None:
     """The newest `make all` NER adapter whose base is the tiny base as it is now."""
     from pipelines.serve.config import stale_base
 
-    found = sorted((ROOT / "results").glob("*/adapters/cluener/adapter_config.json"), key=lambda p: p.stat().st_mtime)
+    found = sorted(RESULTS_DIR.glob("*/adapters/cluener/adapter_config.json"), key=lambda p: p.stat().st_mtime)
     for cfg in reversed(found):
         if not stale_base("cluener", cfg.parent, str(Path(TINY_BASE))):
             return cfg.parent

@@ -18,10 +18,10 @@ from typing import Any
 from pipelines.common.device import usable_cores
 from pipelines.common.errors import PipelinesError
 from pipelines.common.io import write_json
-from pipelines.common.paths import ROOT
+from pipelines.common.paths import BENCH_RESULTS_DIR, ROOT, VENV_VLLM
 from pipelines.common.process import log_tail
 
-RESULTS_DIR = ROOT / "bench" / "results"
+RESULTS_DIR = BENCH_RESULTS_DIR
 #: Each benchmark's own spec version (`BENCH_SPEC` in its module), bumped when its method changes: a result of
 #: another version, or of another eval spec (`pipelines.eval.evaluate.EVAL_SPEC_VERSION`), is stale
 #: (`pipelines.bench.report` lists it apart and never in the summary).
@@ -133,7 +133,7 @@ def machine() -> dict[str, Any]:
         pass
     cores = usable_cores()
     vllm_version = None
-    vllm_meta = list((ROOT / ".venv-vllm").glob("lib/python*/site-packages/vllm*.dist-info/METADATA"))
+    vllm_meta = list(VENV_VLLM.glob("lib/python*/site-packages/vllm*.dist-info/METADATA"))
     for m in vllm_meta:
         for line in m.read_text(errors="replace").splitlines():
             if line.startswith("Version:"):

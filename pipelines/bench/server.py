@@ -12,13 +12,13 @@ import yaml
 from pipelines.bench import measure
 from pipelines.common import lfcli
 from pipelines.common.net import free_port
-from pipelines.common.paths import ROOT, TINY_BASE
+from pipelines.common.paths import CONF_DIR, SAVES_DIR, TINY_BASE
 from pipelines.train import launch as train
 
 BASE_NAME = "tiny-base"
 ADAPTER_NAME = "cluener"
-DEFAULT_ADAPTER = ROOT / "saves" / "tiny" / "lora" / "cluener"
-CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
+DEFAULT_ADAPTER = SAVES_DIR / "tiny" / "lora" / "cluener"
+CONFIG = CONF_DIR / "tiny_lora_cluener.yaml"
 
 
 def ensure_adapter(work: Path, data_dir: Path, adapter: str | None, *, samples: int = 128, echo=print) -> Path:

@@ -29,10 +29,10 @@ from pipelines.bench.data import prepare
 from pipelines.common import lfcli
 from pipelines.common.device import has_cuda
 from pipelines.common.flags import config_flag
-from pipelines.common.paths import ROOT, TINY_BASE, rel
+from pipelines.common.paths import CONF_DIR, TINY_BASE, rel
 from pipelines.train import launch as lftrain
 
-DEFAULT_CONFIG = ROOT / "conf" / "tiny_lora_cluener.yaml"
+DEFAULT_CONFIG = CONF_DIR / "tiny_lora_cluener.yaml"
 FULL = {"samples": 480, "epochs": 1}
 QUICK = {"samples": 64, "epochs": 1}
 BATCH = 16

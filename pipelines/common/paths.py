@@ -67,6 +67,10 @@ def venv_bin(venv: Path, name: str) -> Path:
 #: Serve configs, the vLLM plugin and rendered deployment bundles: the serving side's own folder.
 SERVE_DIR = ROOT / "serve"
 CONF_DIR = ROOT / "conf"
+MODELS_DIR = ROOT / "models"  # the models the project builds (git-ignored)
+SAVES_DIR = ROOT / "saves"  # what `make train` writes (git-ignored)
+RESULTS_DIR = ROOT / "results"  # runs of `make all`, evaluations, sweeps (git-ignored)
+BENCH_RESULTS_DIR = ROOT / "bench" / "results"  # the benchmarks' result files (committed)
 
 #: Top-level folders of this repository whose `x/y` names a local folder, never the hub organisation `x`.
 LOCAL_ROOTS = ("models", "saves", "data", "results", "downloads", "serve", "conf")

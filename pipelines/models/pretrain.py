@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from pipelines.common import lfcli
-from pipelines.common.paths import DATA_DIR, ROOT, TINY_BASE, TINY_MODEL
+from pipelines.common.paths import CONF_DIR, DATA_DIR, ROOT, TINY_BASE, TINY_MODEL
 from pipelines.models import tiny as tiny_model
 from pipelines.models.corpus import pretrain_corpus
 
-CONFIG = ROOT / "conf" / "tiny_pretrain.yaml"
+CONFIG = CONF_DIR / "tiny_pretrain.yaml"
 CORPUS_DIR = DATA_DIR / "pretrain"
 
 

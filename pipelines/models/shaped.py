@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.common.paths import ROOT, TINY_MODEL, rel
+from pipelines.common.paths import MODELS_DIR, TINY_MODEL, rel
 from pipelines.models.tiny import copy_tokenizer
 
 # The published shapes of Qwen2.5 (config.json of Qwen/Qwen2.5-*-Instruct).
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder with the tokenizer (default: the tiny model, %(default)s)")
     ap.add_argument("--out", type=Path, help="output folder (default: models/SHAPE-shape)")
     args = ap.parse_args(argv)
-    out = args.out or ROOT / "models" / f"{args.shape}-shape"
+    out = args.out or MODELS_DIR / f"{args.shape}-shape"
     if not (args.tokenizer / "tokenizer_config.json").is_file():
         print(f"shaped-model: `{rel(args.tokenizer)}` holds no tokenizer; run `make tiny-model` first.",
               file=sys.stderr)

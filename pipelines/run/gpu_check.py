@@ -19,6 +19,9 @@ It prints one table (step, seconds, figure, ok) and writes it with the machine's
 .venv-vllm, no deepspeed) is "not run" with the reason, and so is one that needs a step that did not pass; the
 check passes (exit 0) only when every step passed, torchrun apart on a machine with one GPU. Without a CUDA GPU
 it refuses in one sentence (exit 1); `--dry-run` (make: DRY_RUN=1) prints every command and runs none, anywhere.
+
+One module: the plan (pure, what the dry run prints and the tests check), the probes that mark its steps "not
+run" and the run that reads each step's figure share one table of steps, and stay together.
 """
 
 from __future__ import annotations
@@ -126,12 +129,13 @@ def plan(model: str, out: Path, port: int, gpus: int, environ: Mapping[str, str]
         common += ["max_samples=200", "num_train_epochs=1", "eval_strategy=no", "save_strategy=no"]
     first_gpu = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
     no_cuda = None if facts.get("available", True) else f"no CUDA torch in .venv ({facts.get('why')})"
+    on = f"{gpus} GPU{'s' if gpus != 1 else ''}"
     launches = {
         "train": ("LoRA, bf16, one GPU", {"CUDA_VISIBLE_DEVICES": first_gpu, "NPROC_PER_NODE": "", "DEEPSPEED": ""},
                   no_cuda),
-        "torchrun": (f"the same, torchrun on {gpus} GPUs", {"NPROC_PER_NODE": str(gpus), "DEEPSPEED": ""},
+        "torchrun": (f"the same, torchrun on {on}", {"NPROC_PER_NODE": str(gpus), "DEEPSPEED": ""},
                      no_cuda or (ONE_GPU if gpus < 2 else None)),
-        "deepspeed": (f"the same, DeepSpeed ZeRO-2, {gpus} GPU{'s' if gpus > 1 else ''}",
+        "deepspeed": (f"the same, DeepSpeed ZeRO-2, {on}",
                       {"NPROC_PER_NODE": str(gpus), "DEEPSPEED": DS_CONFIG},
                       no_cuda or (None if facts.get("deepspeed", True) else "no deepspeed in .venv (`make setup` "
                                   "on a CUDA machine installs it from requirements/lock/venv-cuda.txt)")),
@@ -215,6 +219,9 @@ def figure(step: Step, out: Path, port: int) -> str:
     """The one figure of a step that passed, read from what it wrote."""
     from pipelines.common.io import read_json
 
+    if step.name == "data":
+        rows = [len(read_json(out / "data" / f"{TASK}_{split}.json") or []) for split in ("train", "val")]
+        return f"{rows[0]} train / {rows[1]} val records"
     if step.name in ("train", "torchrun", "deepspeed"):
         manifest = read_json(out / "adapters" / step.name / "pipelines_manifest.json") or {}
         loss = (manifest.get("results") or {}).get("train_loss")
