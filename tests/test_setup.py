@@ -161,7 +161,10 @@ def test_a_cuda_machine_installs_exactly_the_cuda_locks_and_says_so(monkeypatch,
             venv.mkdir(parents=True)
             self.calls.append(("create", venv))
 
-        def sync(self, py, lock, editables):
+        def sync(self, py, lock, editables, **options):
+            py.parent.mkdir(parents=True, exist_ok=True)
+            for command in ("llamafactory-cli", "vllm"):  # the entry points an install leaves in bin/
+                (py.parent / command).touch()
             self.calls.append(("sync", lock, tuple(editables)))
 
         def __getattr__(self, attr):  # install / uninstall: an exact lock needs neither

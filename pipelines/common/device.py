@@ -9,6 +9,12 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from pipelines.common.errors import PipelinesError
+
+
+class DeviceError(PipelinesError, ValueError):
+    """A device setting the user can fix."""
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity: a CPU-limited container's share), at least 1.
@@ -31,7 +37,7 @@ def has_cuda(env: Mapping[str, str] | None = None) -> bool:
     if forced in ("cpu", "cuda"):
         return forced == "cuda"
     if forced:
-        raise ValueError(f"`PIPELINES_DEVICE` is {forced!r}; set it to `cpu`, `cuda` or leave it unset.")
+        raise DeviceError(f"`PIPELINES_DEVICE` is {forced!r}; set it to `cpu`, `cuda` or leave it unset.")
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return False

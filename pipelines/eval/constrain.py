@@ -20,16 +20,22 @@ The grammar, for `text` = c_0 … c_{n-1} and labels l_0 … l_{k-1}::
     item    ::= "{\"label\": " label ", \"text\": " entity "}"
     label   ::= "\"l_0\"" | … | "\"l_{k-1}\""
 
-    entity  ::= "\"" (s_0 | s_1 | … | s_{n-1}) "\""       # any non-empty substring of the text
-    s_i     ::= c_i s_{i+1}?                               # starts at character i, stops after any
+    entity  ::= "\"" q_0 "\""                              # any non-empty substring of the text
+    q_0     ::= c q_x | c' q_y | …                         # the text's suffix automaton: one rule per state,
+    q_j     ::= (c q_x | c' q_y | …)?                      # one alternative per transition; stop anywhere
 
 c_i is character i as `json.dumps` writes it inside a string (`\"`, `\\`, `\n`, `\u0001`; every other
 character, emoji included, as itself), then written as an EBNF string literal: `"` and `\` backslashed and
 non-printable characters as `\uXXXX` (xgrammar's lexer refuses a raw newline or NUL inside a literal).
 
-Why linear: a substring is a start and a length. One rule per start that may stop after any character covers
-all n(n+1)/2 substrings with n rules, where listing the substrings would make the grammar quadratic in the
-text (and hand the matcher n(n+1)/2 alternatives with shared prefixes to carry in parallel).
+Why the suffix automaton (Blumer et al. 1985): it is the smallest deterministic automaton of the substrings,
+at most 2n - 1 states and 3n - 4 transitions, so the grammar stays linear in the text (listing the n(n+1)/2
+substrings would make it quadratic), and deterministic: after any prefix of an entity one state is live. The
+grammar it replaced (one rule per start, `s_i ::= c_i s_{i+1}?`) was linear too but left the matcher every start
+where the entity's prefix occurs: on a repetitive text it carried thousands of paths, and accepting a
+4,800-character entity of a 5,000-character repeating text took over 200 s (docs/RELIABILITY.md, "grammar cost").
+What remains grows with the entity's length, not the text's repetition: about 0.05 s for a 500-character entity,
+15 s for 4,800 characters; the evaluator's `max_tokens` (from the gold answers) bounds it.
 
 `accepts_ner` checks the same language in plain Python, so the evaluator can tell whether a server obeyed.
 """
@@ -93,7 +99,7 @@ def ner_grammar(text: str, labels: Sequence[str], form: str = "dict") -> str:
     empty = '"{}"' if form == "dict" else '"[]"'
     if not text or not labels:
         return f"root ::= {empty}\n"
-    n, k = len(text), len(labels)
+    k = len(labels)
     rules = []
     if form == "dict":
         rules.append(f'root ::= {empty} | "{{" first_0 "}}"')
@@ -110,11 +116,54 @@ def ner_grammar(text: str, labels: Sequence[str], form: str = "dict") -> str:
         rules.append(f'root ::= {empty} | "[" item (", " item)* "]"')
         rules.append('item ::= "{\\"label\\": " label ", \\"text\\": " entity "}"')
         rules.append("label ::= " + " | ".join(_json_literal(label) for label in labels))
-    rules.append('entity ::= "\\"" (' + " | ".join(f"s_{i}" for i in range(n)) + ') "\\""')
-    for i, ch in enumerate(text):
-        c = _ebnf_literal(json.dumps(ch, ensure_ascii=False)[1:-1])
-        rules.append(f"s_{i} ::= {c} s_{i + 1}?" if i + 1 < n else f"s_{i} ::= {c}")
+    rules += _entity_rules(text)
     return "\n".join(rules) + "\n"
+
+
+def suffix_automaton(text: str) -> list[dict[str, int]]:
+    """The transitions of the suffix automaton of `text` (state 0 the start): the smallest deterministic automaton
+    whose paths from the start spell exactly the substrings of `text`; at most 2n - 1 states and 3n - 4
+    transitions (Blumer et al. 1985), built in linear time."""
+    nxt: list[dict[str, int]] = [{}]
+    link, length, last = [-1], [0], 0
+    for ch in text:
+        cur = len(nxt)
+        nxt.append({})
+        link.append(0)
+        length.append(length[last] + 1)
+        p = last
+        while p != -1 and ch not in nxt[p]:
+            nxt[p][ch] = cur
+            p = link[p]
+        if p != -1:
+            q = nxt[p][ch]
+            if length[p] + 1 == length[q]:
+                link[cur] = q
+            else:
+                clone = len(nxt)
+                nxt.append(dict(nxt[q]))
+                link.append(link[q])
+                length.append(length[p] + 1)
+                while p != -1 and nxt[p].get(ch) == q:
+                    nxt[p][ch] = clone
+                    p = link[p]
+                link[q] = link[cur] = clone
+        last = cur
+    return nxt
+
+
+def _entity_rules(text: str) -> list[str]:
+    """`entity ::= "\\"" q_0 "\\""`, q_j the states of the text's suffix automaton: deterministic, so the matcher
+    follows one path however often the text repeats itself."""
+    nxt = suffix_automaton(text)
+
+    def alternatives(state: int) -> str:
+        return " | ".join(f"{_ebnf_literal(json.dumps(ch, ensure_ascii=False)[1:-1])}" + (f" q_{to}" if nxt[to] else "")
+                          for ch, to in sorted(nxt[state].items()))
+
+    rules = ['entity ::= "\\"" q_0 "\\""', f"q_0 ::= {alternatives(0)}"]  # q_0: at least one character
+    rules += [f"q_{j} ::= ({alternatives(j)})?" for j in range(1, len(nxt)) if nxt[j]]  # may stop anywhere after
+    return rules
 
 
 def ner_structured_outputs(text: str, labels: Sequence[str], form: str = "dict") -> dict:

@@ -20,7 +20,7 @@ It prints one table (step, seconds, figure, ok) and writes it with the machine's
 check passes (exit 0) only when every step passed, torchrun apart on a machine with one GPU. Without a CUDA GPU
 it refuses in one sentence (exit 1); `--dry-run` (make: DRY_RUN=1) prints every command and runs none, anywhere.
 
-One module: the plan (pure, what the dry run prints and the tests check), the probes that mark its steps "not
+Why one module: the plan (pure, what the dry run prints and the tests check), the probes that mark its steps "not
 run" and the run that reads each step's figure share one table of steps, and stay together.
 """
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.paths import resolve
 from pipelines.serve.client import ServeError
 from pipelines.serve.command import build_command, build_env, shown_env
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
               else f"serve {args.action}: {len(e.problems)} problems:\n  - " + "\n  - ".join(e.problems),
               file=sys.stderr)
         return 1
-    except ValueError as e:  # a bad PIPELINES_DEVICE, said in one sentence by `has_cuda`
+    except PipelinesError as e:  # e.g. a bad PIPELINES_DEVICE, said in one sentence by `has_cuda`
         print(f"serve {args.action}: {e}", file=sys.stderr)
         return 1
     except httpx.HTTPError as e:  # load/unload against a server that stopped answering
