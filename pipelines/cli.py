@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("pipelines.serve.deploy", "render a Docker Compose or vllm-stack Helm bundle of a serve config"),
     "eval": ("pipelines.eval.evaluate", "score served models through the OpenAI API; metrics.json + report.md"),
     "parity": ("pipelines.eval.parity", "check that training and serving render identical prompt tokens"),
-    "report": ("pipelines.eval.report", "rewrite an evaluation's report.md from its metrics.json"),
+    "eval-report": ("pipelines.eval.report", "rewrite an evaluation's report.md from its metrics.json"),
     "compare": ("pipelines.eval.compare", "recompute an evaluation's intervals and paired comparisons, offline"),
     "constrain": ("pipelines.eval.constraints", "print the structured-outputs extra_body that constrains a task's answer"),
     "all": ("pipelines.run.pipeline", "the whole pipeline into results/<run>: data, train, serve, eval, report"),
@@ -37,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run-report": ("pipelines.run.report", "rewrite the report of a `make all` run folder"),
     "bench": ("pipelines.bench.__main__", "benchmarks against the seeds' way and of constrained decoding; BENCHMARKS.md"),
 }
+#: old name → command: names kept working after a rename (not listed by --help)
+ALIASES = {"report": "eval-report"}
 
 
 def usage() -> str:
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
-    name, rest = args[0], args[1:]
+    name, rest = ALIASES.get(args[0], args[0]), args[1:]
     if name not in COMMANDS:
         import difflib
 

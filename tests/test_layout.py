@@ -214,3 +214,12 @@ def test_every_project_error_derives_from_the_one_base():
                     and name.endswith("Error") and not issubclass(obj, PipelinesError)):
                 loose.append(f"{info.name}.{name}")
     assert loose == []
+
+
+def test_a_renamed_command_keeps_its_old_name(capsys):
+    from pipelines import cli
+
+    assert cli.ALIASES == {"report": "eval-report"} and "report" not in cli.COMMANDS
+    with pytest.raises(SystemExit) as e:
+        cli.main(["report", "--help"])
+    assert e.value.code == 0 and "python -m pipelines eval-report" in capsys.readouterr().out

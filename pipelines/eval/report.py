@@ -251,10 +251,10 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], examples: Sequenc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite report.md from an existing metrics.json (without examples): `python -m pipelines report OUT`."""
+    """Rewrite report.md from an existing metrics.json (without examples): `python -m pipelines eval-report OUT`."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m pipelines report", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m pipelines eval-report", description=main.__doc__)
     ap.add_argument("out", help="folder holding metrics.json")
     args = ap.parse_args(argv)
     metrics_path = Path(args.out) / "metrics.json"

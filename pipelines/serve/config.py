@@ -211,8 +211,8 @@ def _deploy_problems(raw: dict, source: str) -> list[str]:
     return problems
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    pass
+class DuplicateKey(yaml.YAMLError):
+    """A mapping with the same key twice (not a PipelinesError: it never leaves `load`)."""
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -229,8 +229,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 except TypeError:
                     hashable = False
                 if hashable and key in seen:
-                    raise DuplicateKeyError(f"the key `{key}` appears twice (lines {seen[key]} and "
-                                            f"{key_node.start_mark.line + 1})")
+                    raise DuplicateKey(f"the key `{key}` appears twice (lines {seen[key]} and "
+                                       f"{key_node.start_mark.line + 1})")
                 if hashable:
                     seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
@@ -242,7 +242,7 @@ def load(path: str | Path, port: int | None = None) -> ServeConfig:
         raise ServeConfigError([f"serve config `{path}` does not exist; see serve/ for examples."])
     try:
         raw = yaml.load(p.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}  # a SafeLoader
-    except DuplicateKeyError as e:
+    except DuplicateKey as e:
         raise ServeConfigError([f"`{path}`: {e}; keep one of them."]) from e
     except yaml.YAMLError as e:
         raise ServeConfigError([f"`{path}` is not valid YAML: {str(e).splitlines()[0]}."]) from e
