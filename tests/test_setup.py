@@ -253,7 +253,7 @@ def test_uv_gets_pips_settings():
 
 def test_setup_runs_on_the_standard_library():
     allowed = {"pipelines.common.device", "pipelines.common.flags", "pipelines.common.io", "pipelines.common.paths",
-               "pipelines.common.versions"}
+               "pipelines.common.versions", "pipelines.common.errors"}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     for module in ("pipelines.setup", *allowed):
         path = ROOT / (module.replace(".", "/") + ".py")
@@ -368,7 +368,7 @@ def test_a_missing_entry_point_is_restored(tmp_path, capsys):
 def test_make_lock_passes_the_kind():
     out = subprocess.run(["make", "-n", "--no-print-directory", "lock", "KIND=cuda"], cwd=ROOT, capture_output=True,
                          text=True)
-    assert out.returncode == 0 and "pipelines setup --lock --kind cuda" in out.stdout
+    assert out.returncode == 0 and "pipelines setup --lock --kind 'cuda'" in out.stdout
     out = subprocess.run(["make", "-n", "--no-print-directory", "lock"], cwd=ROOT, capture_output=True, text=True)
     assert "pipelines setup --lock" in out.stdout and "--kind" not in out.stdout
 
