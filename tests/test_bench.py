@@ -13,8 +13,8 @@ import pytest
 from pipelines.bench import measure, report, seeds, train, train_options
 from pipelines.bench import setup as bench_setup
 from pipelines.bench.__main__ import BENCHES
-from pipelines.eval.evaluate import EVAL_SPEC_VERSION
 from pipelines.common.paths import ROOT
+from pipelines.eval.evaluate import EVAL_SPEC_VERSION
 
 PAD = 0
 

@@ -22,8 +22,8 @@ from serving import make_lora_adapter
 
 from pipelines.common.paths import ROOT, VENV_VLLM, resolve, venv_bin
 from pipelines.common.versions import VLLM_GPU_VERSION
-from pipelines.serve import cli as serve_cli
 from pipelines.serve import deploy, render
+from pipelines.serve import manage as serve_cli
 from pipelines.serve.config import ServeConfigError, from_dict
 
 #: The official schemas, under SHARED/deploy: only the `real` tier reads them (`make test-real`); `make test` checks

@@ -13,8 +13,8 @@ import pytest
 
 from pipelines.common.paths import ROOT, TINY_BASE, rel, resolve
 from pipelines.run import gpu_check
-from pipelines.serve.command import build_command
 from pipelines.serve.config import AdapterInfo, from_dict
+from pipelines.serve.vllm_args import build_command
 from pipelines.train.launch import build_launch
 
 TINY = os.path.relpath(TINY_BASE, ROOT)

@@ -573,9 +573,9 @@ FAKE_VLLM = textwrap.dedent('''\
     ''')
 #: `python -m pipelines serve …` with the launcher's vLLM executable swapped for argv[1] (nothing else changes).
 WITH_FAKE = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-             "from pipelines.serve import cli, process; real = process.build_command; "
+             "from pipelines.serve import manage, process; real = process.build_command; "
              "process.build_command = lambda cfg, adapters, vllm=None: real(cfg, adapters, sys.argv[1]); "
-             "sys.exit(cli.main(sys.argv[2:]))")
+             "sys.exit(manage.main(sys.argv[2:]))")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from serving import START_TIMEOUT, make_lora_adapter, served
 from pipelines import serve
 from pipelines.common.net import free_port
 from pipelines.common.paths import ROOT, VENV_VLLM, venv_bin
-from pipelines.serve import cli as serve_cli
+from pipelines.serve import manage as serve_cli
 from pipelines.serve.config import (
     ServeConfig,
     ServeConfigError,

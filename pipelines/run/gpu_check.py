@@ -3,7 +3,7 @@
     python -m pipelines gpu-check [--model PATH|HUB_ID] [--port N] [--gpus N] [--out DIR] [--dry-run]
 
 Each step is a command that `make` runs too (the same builders: `pipelines.train.launch.build_launch`,
-`pipelines.serve.command.build_command`, the Makefile's `eval` line), on the tiny base the project builds
+`pipelines.serve.vllm_args.build_command`, the Makefile's `eval` line), on the tiny base the project builds
 itself (`make tiny-base`) unless `--model` (make: MODEL=) names a real one:
 
     data       the bundled CLUENER sample into OUT/data (`make data`)
@@ -115,8 +115,8 @@ def plan(model: str, out: Path, port: int, gpus: int, environ: Mapping[str, str]
          facts: Mapping[str, object] | None = None) -> list[Step]:
     """The steps, in order. Pure but for reading configs: the dry run prints it and tests check it. `facts`
     (the probes of a real run) mark the steps whose packages are missing; None (a dry run) marks none."""
-    from pipelines.serve.command import build_command
     from pipelines.serve.config import AdapterInfo, from_dict
+    from pipelines.serve.vllm_args import build_command
     from pipelines.train.launch import DIST_VARS, build_launch
 
     facts = facts or {}

@@ -1,8 +1,9 @@
-"""Serve: one vLLM OpenAI-compatible server with the base model and its LoRA adapters (config, command, process,
-HTTP client), run as a process from `.venv-vllm`; this package never imports vLLM."""
+"""Serve: one vLLM OpenAI-compatible server with the base model and its LoRA adapters, run as a process from
+`.venv-vllm`; this package never imports vLLM. Modules: config (serve configs and their checks), vllm_args (the
+`vllm serve` command line and environment), process (start, status, stop by process group), client (HTTP),
+running (a server for a block of code), manage (the `serve` command), render and deploy (bundles)."""
 
 from pipelines.serve.client import ServeError, healthy, served_models
-from pipelines.serve.command import build_command, build_env, shown_env
 from pipelines.serve.config import AdapterInfo, ServeConfig, ServeConfigError, from_dict, load, precheck
 from pipelines.serve.process import (
     RUN_DIR,
@@ -18,6 +19,7 @@ from pipelines.serve.process import (
     unload_adapter,
 )
 from pipelines.serve.running import running
+from pipelines.serve.vllm_args import build_command, build_env, shown_env
 
 __all__ = [
     "RUN_DIR", "AdapterInfo", "ServeConfig", "ServeConfigError", "ServeError", "Served", "build_command", "build_env",

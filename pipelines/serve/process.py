@@ -34,8 +34,8 @@ from pipelines.common.process import (
 )
 from pipelines.common.process import proc_stat as _proc_stat
 from pipelines.serve.client import ServeError, healthy, post, served_models
-from pipelines.serve.command import build_command, build_env, shown_env
 from pipelines.serve.config import ServeConfig, ServeConfigError, inspect_adapter, precheck
+from pipelines.serve.vllm_args import build_command, build_env, shown_env
 
 #: Where each server keeps its PID file, state and log: `.serve/<port>/`.
 RUN_DIR = ROOT / ".serve"

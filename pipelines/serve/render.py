@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pipelines.common.paths import is_local
 from pipelines.common.versions import VLLM_IMAGE, vllm_image_tag
-from pipelines.serve.command import build_command, build_env
 from pipelines.serve.config import AdapterInfo, ServeConfig, ServeConfigError, flag_name, model_arg
+from pipelines.serve.vllm_args import build_command, build_env
 
 CHART = "vllm-stack 0.1.12"
 #: The Helm release name the bundle's README and push pod use (`helm install vllm …`).

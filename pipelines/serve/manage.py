@@ -29,7 +29,6 @@ import httpx
 from pipelines.common.errors import PipelinesError
 from pipelines.common.paths import resolve
 from pipelines.serve.client import ServeError
-from pipelines.serve.command import build_command, build_env, shown_env
 from pipelines.serve.config import AdapterInfo, ServeConfigError, load, precheck
 from pipelines.serve.process import (
     RUN_DIR,
@@ -43,6 +42,7 @@ from pipelines.serve.process import (
     stop,
     unload_adapter,
 )
+from pipelines.serve.vllm_args import build_command, build_env, shown_env
 
 
 def main(argv: list[str] | None = None) -> int:
