@@ -128,7 +128,9 @@ parity: ## check that training (LLaMA-Factory template) and serving (chat templa
 	@$(CLI) parity --model $(call q,$(MODEL_OR_TINY)) --data $(call q,$(EVAL_DATA))
 
 all: setup ## the whole pipeline into results/RUN (PROFILE=cpu|gpu, MODEL=, CLUENER_DIR=, SAMPLES=, EVAL_LIMIT=, DRY_RUN=1)
-	@$(CLI) all
+	@$(CLI) all --profile $(call q,$(PROFILE)) --port $(call q,$(PORT)) $(if $(MODEL),--model $(call q,$(MODEL))) \
+	  $(if $(RUN),--run $(call q,$(RUN))) --cluener-dir $(call q,$(CLUENER_DIR)) --ruozhiba-file $(call q,$(RUOZHIBA_FILE)) \
+	  $(if $(SAMPLES),--samples $(call q,$(SAMPLES))) $(if $(EVAL_LIMIT),--eval-limit $(call q,$(EVAL_LIMIT)))
 
 gpu-check: setup ## on a CUDA machine: train (1 GPU, torchrun, DeepSpeed), serve, eval, deploy in minutes; results/gpu-check/ (MODEL=, DRY_RUN=1)
 	@$(CLI) gpu-check $(call qs,$(ARGS))
