@@ -68,7 +68,7 @@ def _machines(results: list[dict[str, Any]]) -> tuple[dict[tuple, str], str]:
         if key in labels:
             continue
         labels[key] = f"M{len(labels) + 1}"
-        gpu = ", ".join(m.get("gpu") or []) or "no GPU"
+        gpu = "GPU not recorded" if "gpu" not in m else ", ".join(m["gpu"]) or "no GPU"
         lines.append(f"- **{labels[key]}**: {m.get('cpu')}, {m.get('cores')} usable cores, {m.get('memory_gib')} GiB, "
                      f"{gpu}; Python {m.get('python')}, torch {m.get('torch')}, transformers {m.get('transformers')}, "
                      f"peft {m.get('peft')}, LLaMA-Factory {m.get('llamafactory')}, vLLM {m.get('vllm')}")
