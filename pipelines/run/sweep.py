@@ -5,7 +5,7 @@ write a leaderboard.
         [--alpha-ratio R] [--task NAME] [--out saves/sweep] [--serve serve/tiny.yaml] [--max-loras N]
         [--eval-limit N] [--port N] [--no-eval] [--dry-run]
 
-Training is `pipelines.train.sweep` (a refused or failed run is a row with its reason; a run already trained with
+Training is `pipelines.train.grid` (a refused or failed run is a row with its reason; a run already trained with
 the same config, data and base is not trained again). Then one server with the base and every adapter that trained
 (`max_lora_rank` from the adapters, `max_loras` from their number and the machine: vLLM swaps adapters in and out
 when there are more), the evaluator on the task's validation split (NER plainly and span-constrained), the server
@@ -38,7 +38,7 @@ from pipelines.eval.predictions import NotSaved
 from pipelines.eval.report import figure
 from pipelines.serve.client import ServeError
 from pipelines.train import config
-from pipelines.train.sweep import (
+from pipelines.train.grid import (
     DEFAULT_LRS,
     DEFAULT_RANKS,
     DEFAULT_SAMPLES,

@@ -8,7 +8,7 @@ every adapted layer, so prefill with an adapter ran ~3-20x slower than without o
 
 They also fix a wrong answer: vLLM's gather indexes with -1 for a row without an adapter, which Python reads as
 the last adapter slot, so base-model requests batched beside adapter requests were answered with that adapter
-added (tests/test_serve.py shows it with the switch below off). Here a row with index -1 gets no LoRA
+added (tests/serve/test_serve.py shows it with the switch below off). Here a row with index -1 gets no LoRA
 contribution, as in vLLM's GPU kernels.
 
 Loaded by vLLM in every process through the `vllm.general_plugins` entry point that `serve/plugin/pyproject.toml`

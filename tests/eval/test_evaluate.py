@@ -29,7 +29,7 @@ from pipelines.eval.evaluate import EVAL_SPEC_VERSION, main, run_eval
 from pipelines.eval.predictions import load_done
 from pipelines.eval.prompts import build_request, estimate_max_tokens, fit_max_tokens, prompt_token_bound, request_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 NER_DATA = FIXTURES / "eval_cluener.json"
 GEN_DATA = FIXTURES / "eval_generation.json"

@@ -1,4 +1,4 @@
-"""pipelines.eval.constrain checked with xgrammar itself, the engine under vLLM's structured outputs.
+"""pipelines.eval.grammars checked with xgrammar itself, the engine under vLLM's structured outputs.
 
 Every grammar is parsed with `xgrammar.Grammar.from_ebnf` (what vLLM's request validation does; a grammar it
 rejects would silently fall back to another backend), compiled, and run through a `GrammarMatcher` over the
@@ -18,15 +18,15 @@ import pytest
 try:
     import xgrammar as xgr
 except ImportError as e:  # fail, never skip: `make setup` installs xgrammar (requirements/no-deps.txt)
-    raise ImportError("`xgrammar` is not installed: tests/test_constrain.py checks the grammars with the engine "
+    raise ImportError("`xgrammar` is not installed: tests/eval/test_grammars.py checks the grammars with the engine "
                       "vLLM uses; run `make setup` (requirements/no-deps.txt).") from e
 
 from realdata import real, shared
 
 from pipelines.common.paths import RAW_DIR
 from pipelines.data.converters import CLUENER_TYPES, cluener_entities, cluener_target
-from pipelines.eval import constrain
-from pipelines.eval.constrain import (
+from pipelines.eval import grammars
+from pipelines.eval.grammars import (
     accepts_ner,
     choice_structured_outputs,
     extra_body,
@@ -267,7 +267,7 @@ def test_a_repetitive_text_costs_the_matcher_no_more_than_another():
 
 @pytest.mark.parametrize("text", ["abab", "aaaa", "abcabd", "叶老桂叶老", TEXT[:30]])
 def test_the_suffix_automaton_spells_exactly_the_substrings(text):
-    nxt = constrain.suffix_automaton(text)
+    nxt = grammars.suffix_automaton(text)
     spelled, todo = set(), [(0, "")]
     while todo:
         state, word = todo.pop()
@@ -331,7 +331,7 @@ def _xgr_prefix(grammar: str):
     return begins
 
 
-@pytest.mark.parametrize("form", constrain.NER_FORMS)
+@pytest.mark.parametrize("form", grammars.NER_FORMS)
 def test_accepts_ner_prefix_agrees_with_xgrammar_on_every_cut(form):
     """What the evaluator checks a cut answer (`finish_reason: length`) with: every prefix of an answer that
     xgrammar's matcher accepts, and no other (issue 24, item 6)."""
@@ -344,7 +344,7 @@ def test_accepts_ner_prefix_agrees_with_xgrammar_on_every_cut(form):
     for answer in answers:
         for k in range(len(answer) + 1):
             cut = answer[:k]
-            assert constrain.accepts_ner_prefix(cut, text, CLUENER_TYPES, form) == begins(cut), cut
+            assert grammars.accepts_ner_prefix(cut, text, CLUENER_TYPES, form) == begins(cut), cut
             checked += 1
     assert checked > 300
 
@@ -381,7 +381,7 @@ def test_bad_arguments(call, message):
 
 
 def test_module_imports_only_the_standard_library():
-    tree = ast.parse(inspect.getsource(constrain))
+    tree = ast.parse(inspect.getsource(grammars))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)

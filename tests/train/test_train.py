@@ -17,7 +17,7 @@ from conftest import QUICK_TRAIN, train_environ
 from pipelines.common import device as gpu
 from pipelines.common.io import file_sha256, weights_fingerprint
 from pipelines.common.paths import ROOT, TRAIN_MANIFEST
-from pipelines.train import export, manifest, sweep
+from pipelines.train import export, grid, manifest
 from pipelines.train import launch as train
 
 CONFIG = "conf/tiny_lora_cluener.yaml"
@@ -213,8 +213,8 @@ def test_a_bad_config_launches_nothing(tmp_path: Path, capsys, tiny_base_dir, co
 
 
 def test_sweep_names_and_grid():
-    assert sweep.fmt_lr(3e-3) == "3e-3" and sweep.fmt_lr(1e-4) == "1e-4" and sweep.fmt_lr(2.5e-4) == "2.5e-4"
-    runs = sweep.grid("cluener", [8, 64], [1e-3], [100, 600], 2.0, "saves/sweep")
+    assert grid.fmt_lr(3e-3) == "3e-3" and grid.fmt_lr(1e-4) == "1e-4" and grid.fmt_lr(2.5e-4) == "2.5e-4"
+    runs = grid.grid("cluener", [8, 64], [1e-3], [100, 600], 2.0, "saves/sweep")
     assert [n for n, _ in runs] == ["cluener-r8-lr1e-3-n100", "cluener-r8-lr1e-3-n600", "cluener-r64-lr1e-3-n100",
                                     "cluener-r64-lr1e-3-n600"]
     assert runs[2][1] == ["lora_rank=64", "lora_alpha=128", "learning_rate=0.001", "max_samples=100",
