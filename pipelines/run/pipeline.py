@@ -25,7 +25,8 @@ import yaml
 
 from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, env_flag, env_int
-from pipelines.common.paths import ROOT, TINY_BASE
+from pipelines.common.paths import RAW_DIR, ROOT, TINY_BASE
+from pipelines.data import converters
 from pipelines.eval import tasks
 from pipelines.eval.report import columns as report_columns
 from pipelines.run import report as run_report
@@ -52,7 +53,7 @@ PROFILES = {
                    "qwen2.5-instruct", False, "Qwen/Qwen2.5-0.5B-Instruct"),
 }
 #: The raw data each task converts from: the bundled samples unless CLUENER_DIR= / RUOZHIBA_FILE= say otherwise.
-RAW_DEFAULTS = {"cluener": "data/raw/cluener_sample", "ruozhiba": "data/raw/ruozhiba_sample.json"}
+RAW_DEFAULTS = {t: os.path.relpath(RAW_DIR / str(converters.get(t).sample), ROOT) for t in DEMO_TASKS}
 
 
 @dataclass

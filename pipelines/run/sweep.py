@@ -29,7 +29,7 @@ from typing import Any
 
 from pipelines.common import device
 from pipelines.common.errors import PipelinesError
-from pipelines.common.io import read_json, write_json
+from pipelines.common.io import atomic_write, read_json, write_json
 from pipelines.common.net import free_port
 from pipelines.common.paths import SERVE_DIR, rel, resolve
 from pipelines.eval import EvalError, tasks
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     plots = plot(board, runs, out / PLOTS)
     write_json(out / "leaderboard.json", board)
-    (out / "leaderboard.md").write_text(render_markdown(board, plots), encoding="utf-8")
+    atomic_write(out / "leaderboard.md", render_markdown(board, plots))
     print(f"\nsweep: leaderboard {rel(out / 'leaderboard.md')}")
     best = board["best"]
     if best:

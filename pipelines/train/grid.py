@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.common.lora import lora_module, servable_rank
+from pipelines.common.lora import servable_rank
 from pipelines.common.paths import ROOT, rel, resolve
 from pipelines.train import check, config
 from pipelines.train import launch as train
@@ -94,13 +94,14 @@ def alpha_ratio(cfg: dict, given: float | None) -> float:
 
 
 def serve_snippet(cfg: dict, adapters: dict[str, str], ranks: list[int]) -> str:
+    """The serve-config keys that serve these adapters from one server (the `vllm serve` line itself comes from
+    the one command builder: `python -m pipelines serve command CONFIG`)."""
     model = str(cfg.get("model_name_or_path"))
     max_rank = servable_rank(max(ranks))
-    modules = " ".join(shlex.quote(lora_module(n, p, model)) for n, p in adapters.items())
     snippet = {"model": model, "adapters": adapters, "max_lora_rank": max_rank, "max_loras": len(adapters)}
-    return ("# serve these adapters from one vLLM server: put these keys into a serve/*.yaml, or run\n"
-            f"#   vllm serve {model} --enable-lora --max-lora-rank {max_rank} --max-loras {len(adapters)} "
-            f"--lora-modules {modules}\n" + yaml.safe_dump(snippet, sort_keys=False, allow_unicode=True))
+    return ("# serve these adapters from one vLLM server: put these keys into a serve/*.yaml, then `make serve "
+            "SERVE=that.yaml`\n# (`python -m pipelines serve command that.yaml` prints the exact vllm serve line)\n"
+            + yaml.safe_dump(snippet, sort_keys=False, allow_unicode=True))
 
 
 @dataclass
