@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.common.device import has_cuda
+from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, env_flag, flag
 from pipelines.common.io import atomic_write, file_sha256
 from pipelines.common.paths import ROOT, rel, venv_bin
@@ -477,7 +478,7 @@ def _run(cmd: list[str], cwd: Path | None = None, env: dict[str, str] | None = N
     if res.returncode != 0:
         if quiet:
             print(res.stdout[-4000:], file=sys.stderr)
-        raise SystemExit(f"setup: `{' '.join(shown[:4])} …` failed with exit {res.returncode}; see its output above.")
+        raise SetupError(f"setup: `{' '.join(shown[:4])} …` failed with exit {res.returncode}; see its output above.")
 
 
 def _has_pip(py: Path) -> bool:
@@ -558,6 +559,10 @@ def tools_dir() -> Path:
     return Path(os.environ.get("PIPELINES_TOOLS_DIR") or ROOT / ".venv-tools")
 
 
+class SetupError(PipelinesError):
+    """A venv that cannot be built as asked; one sentence (`make setup` prints it and exits 1)."""
+
+
 def find_uv(tools: Path | None = None) -> Path:
     """uv from PATH (UV_MIN or newer), else uv UV_VERSION in a small venv under `tools` (`.venv-tools/`), which
     pip installs there on first use from the machine's index."""
@@ -587,7 +592,7 @@ def make_installer(name: str) -> Uv | Pip:
         return Pip()
     try:
         exe = find_uv()
-    except SystemExit as e:
+    except SetupError as e:
         print(f"setup: no uv ({e}); installing with pip instead", flush=True)
         return Pip()
     opts = uv_options(pip_settings())
@@ -652,7 +657,7 @@ def build(spec: VenvSpec, installer: Uv | Pip, force: bool = False) -> bool:
         return False
     digest = spec.digest()
     if spec.lock and lock_state(spec.lock) == "stale":
-        raise SystemExit(f"setup: {rel(spec.lock.path)} is out of date: the requirements it was resolved from "
+        raise SetupError(f"setup: {rel(spec.lock.path)} is out of date: the requirements it was resolved from "
                          f"({'; '.join(spec.lock.sources)}) have changed. Run `make lock` and commit the lock "
                          "(`PIPELINES_LOCK=0 make setup` installs from the declared requirements without one).")
     t0 = time.time()
@@ -683,7 +688,7 @@ def build(spec: VenvSpec, installer: Uv | Pip, force: bool = False) -> bool:
         _run([str(py), "-c", _ALIAS])
     still = missing_entry_points(spec)
     if still:
-        raise SystemExit(f"setup: {spec.path.name} still lacks {', '.join(f'bin/{m}' for m in still)} after "
+        raise SetupError(f"setup: {spec.path.name} still lacks {', '.join(f'bin/{m}' for m in still)} after "
                          f"installing; remove {spec.path.name} and run `make setup` again.")
     if spec.lock:
         (spec.path / LOCK_STAMP).write_text(file_sha256(spec.lock.path) + "\n")
@@ -696,6 +701,14 @@ def build(spec: VenvSpec, installer: Uv | Pip, force: bool = False) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except SetupError as e:
+        print(e, file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines setup", description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["venv", "venv-vllm"], help="build (or lock) one venv only")
     ap.add_argument("--force", action="store_true", help="re-run the install steps even if up to date")
@@ -710,12 +723,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", choices=KINDS, help="with --lock: the machine kind (default: this machine's)")
     args = ap.parse_args(argv)
     if args.installer not in ("uv", "pip"):
-        raise SystemExit(f"setup: PIPELINES_INSTALLER={args.installer}; set it to uv or pip.")
+        raise SetupError(f"setup: PIPELINES_INSTALLER={args.installer}; set it to uv or pip.")
     try:
         cuda = has_cuda()
         locked = env_flag("PIPELINES_LOCK", default=True) and not args.no_lock
     except (ValueError, FlagError) as e:
-        raise SystemExit(f"setup: {e}")
+        raise SetupError(f"setup: {e}")
     if args.lock:
         kind = args.kind or ("cuda" if cuda else "cpu")
         exe = find_uv()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from pipelines.common import lfcli
+from pipelines.common.errors import PipelinesError
 from pipelines.common.paths import CONF_DIR, DATA_DIR, ROOT, TINY_BASE, TINY_MODEL
 from pipelines.models import tiny as tiny_model
 from pipelines.models.corpus import pretrain_corpus
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = lfcli.cli("train", str(CONFIG), f"model_name_or_path={model}", f"output_dir={tmp}", *args.overrides)
     rc = lfcli.run(cmd)
     if rc != 0:
-        raise SystemExit(f"tiny-base: `llamafactory-cli train {CONFIG.relative_to(ROOT)}` failed with exit {rc}; "
+        raise PipelinesError(f"`llamafactory-cli train {CONFIG.relative_to(ROOT)}` failed with exit {rc}; "
                          "see its output above.")
     tiny_model.copy_tokenizer(model, tmp)  # the base keeps the tiny model's tokenizer and chat template exactly
     for junk in tmp.glob("checkpoint-*"):

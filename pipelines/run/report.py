@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.paths import TRAIN_MANIFEST
 from pipelines.eval import tasks
 from pipelines.eval.compare import oriented
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="tiny-base", help="served name of the base model (default: %(default)s)")
     args = ap.parse_args(argv)
     if not Path(args.run_dir).is_dir():
-        raise SystemExit(f"`{args.run_dir}` is not a run folder; give results/<run> of a `make all` run.")
+        raise PipelinesError(f"`{args.run_dir}` is not a run folder; give results/<run> of a `make all` run.")
     print(f"report: {write(Path(args.run_dir), args.base)}")
     return 0
 

@@ -42,6 +42,7 @@ from pipelines.train.grid import (
     DEFAULT_LRS,
     DEFAULT_RANKS,
     DEFAULT_SAMPLES,
+    GridError,
     Run,
     adapter_paths,
     fmt_lr,
@@ -326,9 +327,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ranks = numbers(args.ranks, int, "--ranks")
-    lrs = numbers(args.lrs, float, "--lrs")
-    samples = numbers(args.samples, int, "--samples")
+    try:
+        ranks = numbers(args.ranks, int, "--ranks")
+        lrs = numbers(args.lrs, float, "--lrs")
+        samples = numbers(args.samples, int, "--samples")
+    except GridError as e:
+        print(e, file=sys.stderr)
+        return 2
     for flag, value in (("--max-loras", args.max_loras), ("--eval-limit", args.eval_limit)):
         if value is not None and value < 1:
             print(f"sweep: `{flag} {value}` must be at least 1.", file=sys.stderr)

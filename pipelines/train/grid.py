@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.common.errors import PipelinesError
 from pipelines.common.lora import servable_rank
 from pipelines.common.paths import ROOT, rel, resolve
 from pipelines.train import check, config
@@ -53,20 +54,24 @@ def run_name(task: str, rank: int, lr: float, samples: int) -> str:
     return f"{task}-r{rank}-lr{fmt_lr(lr)}-n{samples}"
 
 
+class GridError(PipelinesError):
+    """A grid value that trains nothing or twice; one sentence."""
+
+
 def numbers(text: str, kind, flag: str) -> list:
-    """`--ranks 8,64` as numbers; a one-sentence SystemExit otherwise."""
+    """`--ranks 8,64` as numbers; a one-sentence GridError otherwise."""
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise SystemExit(f"sweep: `{flag} {text}` must be comma-separated numbers, e.g. `{flag} 8,64`.") from None
+        raise GridError(f"sweep: `{flag} {text}` must be comma-separated numbers, e.g. `{flag} 8,64`.") from None
     if not values:
-        raise SystemExit(f"sweep: `{flag}` is empty; give at least one value.")
+        raise GridError(f"sweep: `{flag}` is empty; give at least one value.")
     bad = [v for v in values if not math.isfinite(v) or v <= 0]
     if bad:
-        raise SystemExit(f"sweep: `{flag} {text}` holds {bad[0]}; each value must be a finite number above 0.")
+        raise GridError(f"sweep: `{flag} {text}` holds {bad[0]}; each value must be a finite number above 0.")
     twice = sorted({v for v in values if values.count(v) > 1})
     if twice:
-        raise SystemExit(f"sweep: `{flag} {text}` gives {twice[0]} more than once, which would train one folder "
+        raise GridError(f"sweep: `{flag} {text}` gives {twice[0]} more than once, which would train one folder "
                          "twice into two rows; give each value once.")
     return values
 

@@ -117,7 +117,7 @@ def test_build_refuses_a_stale_lock_before_installing_anything(monkeypatch, tmp_
         def __getattr__(self, attr):
             raise AssertionError(f"installer used: {attr}")
 
-    with pytest.raises(SystemExit, match="make lock"):
+    with pytest.raises(setup.SetupError, match="make lock"):
         setup.build(spec, NoInstaller())
     assert not (tmp_path / ".venv").exists()
 
@@ -361,7 +361,7 @@ def test_a_missing_entry_point_is_restored(tmp_path, capsys):
     venv_bin(spec.path, "vllm").unlink()
     broken = RecordingInstaller(restores=False)
     broken.spec = spec
-    with pytest.raises(SystemExit, match=r"still lacks bin/vllm after installing; remove \.venv-vllm"):
+    with pytest.raises(setup.SetupError, match=r"still lacks bin/vllm after installing; remove \.venv-vllm"):
         setup.build(spec, broken)
 
 
