@@ -16,7 +16,7 @@ from typing import Any
 
 from pipelines.bench import measure
 
-BENCHES = ("train", "train_options", "eval", "convert", "constrained")
+BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -117,6 +117,11 @@ def _run(name: str, args: argparse.Namespace, work: Path):
                         epochs=args.train_epochs, data_source=args.data, max_source=args.max_source,
                         max_target=args.max_target, group_by_length=not args.no_group_by_length, **options)
         return r, train.render(r)
+    if name == "significance":
+        from pipelines.bench import significance
+
+        r = significance.bench(work, repeats=args.repeats, quick=args.quick)
+        return r, significance.render(r)
     if name == "train_options":
         from pipelines.bench import train_options
 
