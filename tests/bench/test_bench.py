@@ -218,20 +218,20 @@ def quick_results(tmp_path_factory, tiny_base_dir):
     """`python -m pipelines bench all --quick --repeats 1 --data sample` into a temporary results folder."""
     out = tmp_path_factory.mktemp("bench")
     results, md = out / "results", out / "BENCHMARKS.md"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     proc = subprocess.run([sys.executable, "-m", "pipelines", "bench", "all", "--quick", "--repeats", "1",
                            "--data", "sample", "--results-dir", str(results), "--report", str(md)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return results, md
+    return results, md, head
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BENCHES)
 def test_quick_benchmark_runs_end_to_end_and_is_stamped(quick_results, name):
-    results, _ = quick_results
+    results, _, head = quick_results
     r = measure.read_result(name, results)
     assert r is not None, f"bench {name} wrote no result"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert r["commit"]["sha"] == head and isinstance(r["commit"]["dirty"], bool)
     assert (r["bench_spec_version"], r["eval_spec_version"]) == (
         measure.specs(name)["bench_spec_version"], EVAL_SPEC_VERSION)
@@ -242,7 +242,7 @@ def test_quick_benchmark_runs_end_to_end_and_is_stamped(quick_results, name):
 
 @pytest.mark.slow
 def test_quick_report_holds_every_benchmark(quick_results):
-    _, md = quick_results
+    _, md, _ = quick_results
     text = md.read_text(encoding="utf-8")
     summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
     for name in BENCHES:
