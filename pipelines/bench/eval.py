@@ -79,13 +79,13 @@ def fixed_requests(records: Sequence[dict], max_tokens: int) -> list[tuple[str, 
 
 
 async def _drive(base_url: str, model: str, items, concurrency: int, path: Path) -> dict[str, Any]:
-    from pipelines.eval import evaluate as ev
+    from pipelines.eval import evaluate
 
-    async with ev.make_client(base_url, None, ev.DEFAULT_TIMEOUT_S, concurrency) as client:
+    async with evaluate.make_client(base_url, None, evaluate.DEFAULT_TIMEOUT_S, concurrency) as client:
         timed = TimedClient(client)
         cpu0, t0 = _cpu_seconds(), time.perf_counter()
-        done = await ev.answer_all(timed, model, items, path, base_url=base_url, concurrency=concurrency,
-                                   retry=ev.RetryPolicy(), progress=False)
+        done = await evaluate.answer_all(timed, model, items, path, base_url=base_url, concurrency=concurrency,
+                                   retry=evaluate.RetryPolicy(), progress=False)
         seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     tokens = [row.get("completion_tokens") or 0 for row in done.values()]
     return {
@@ -112,10 +112,10 @@ def ours_fixed(base_url: str, items, concurrency: int, path: Path) -> dict[str, 
 
 def ours_run_eval(base_url: str, prompts: Path, n: int, concurrency: int, out: Path) -> dict[str, Any]:
     """`pipelines.eval.evaluate.run_eval` end to end (natural stop at max_tokens 50, scoring, report)."""
-    from pipelines.eval import evaluate as ev
+    from pipelines.eval import evaluate
 
     t0 = time.perf_counter()
-    metrics = ev.run_eval(base_url, "cluener", prompts, [server.ADAPTER_NAME], out, concurrency=concurrency,
+    metrics = evaluate.run_eval(base_url, "cluener", prompts, [server.ADAPTER_NAME], out, concurrency=concurrency,
                           max_tokens=MAX_TOKENS, progress=False)
     seconds = time.perf_counter() - t0
     m = metrics["models"][server.ADAPTER_NAME]
@@ -204,24 +204,46 @@ def theirs_generate(adapter: Path, prompts: Path, n: int, work: Path, tag: str) 
 # ---------------------------------------------------------------- the benchmark
 
 
+def eval_records(data: Any, n: int) -> list[dict]:
+    """The first `n` validation records (the bundled sample's few topped up from its train split)."""
+    records = json.loads(data.val.read_text(encoding="utf-8"))
+    if len(records) < n:
+        records += json.loads(data.train.read_text(encoding="utf-8"))
+    records = records[:n]
+    if len(records) < n:
+        raise measure.BenchError(f"only {len(records)} CLUENER records for `--eval-n {n}`: pass a smaller `--eval-n`.")
+    return records
+
+
+def per_concurrency(levels: Sequence[int], ours: dict[int, list], vb: dict[int, list],
+                    theirs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each concurrency's summaries, ratio to theirs and efficiency against `vllm bench serve`."""
+    per_c: dict[str, dict[str, Any]] = {}
+    for c in levels:
+        o = measure.summarise_runs(ours[c])
+        v = measure.summarise_runs(vb[c]) if vb[c] else None
+        per_c[str(c)] = {
+            "ours": o,
+            "vllm_bench": v,
+            "ratio": measure.ratio(measure.median_of(o, "prompts_per_s"), measure.median_of(theirs, "prompts_per_s")),
+            "efficiency": measure.ratio(measure.median_of(o, "prompts_per_s"), measure.median_of(v, "prompts_per_s"))
+            if v else None,
+            "runs": {"ours": ours[c], "vllm_bench": vb[c]},
+        }
+    return per_c
+
+
 def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concurrency: Sequence[int] | None = None,
           adapter: str | None = None, port: int | None = None, data_source: str = "auto",
           with_vllm_bench: bool = True, echo=print) -> dict[str, Any]:
     n = n or (QUICK_N if quick else FULL_N)
     levels = tuple(concurrency or (QUICK_CONCURRENCY if quick else CONCURRENCY))
     data = prepare(work, data_source)
-    records = json.loads(data.val.read_text(encoding="utf-8"))
-    if len(records) < n:  # the bundled sample's val set is small: top up from its train set
-        records += json.loads(data.train.read_text(encoding="utf-8"))
-    records = records[:n]
-    if len(records) < n:
-        raise measure.BenchError(f"only {len(records)} CLUENER records for `--eval-n {n}`: pass a smaller `--eval-n`.")
+    records = eval_records(data, n)
     prompts = write_json(work / "prompts.json", records, indent=1)
     adapter_path = server.ensure_adapter(work, data.dir, adapter, echo=echo)
     shape = prompt_shape(records)
     items = fixed_requests(records, MAX_TOKENS)
-    from pipelines.eval import evaluate as ev
-
     warm = fixed_requests(records[:WARMUP], MAX_TOKENS)
     echo(f"eval: {n} prompts ({data.source} CLUENER), {MAX_TOKENS} tokens each, concurrency {levels}, "
          f"{repeats} repeat(s); prompt {shape['mean_prompt_tokens']} tokens, {shape['shared_prefix_tokens']} shared")
@@ -263,25 +285,14 @@ def bench(work: Path, *, repeats: int, quick: bool, n: int | None = None, concur
              f"p50 {r['p50_latency_ms']:.0f} ms, {r['mean_output_tokens']:.1f} tokens/answer")
 
     theirs = measure.summarise_runs(theirs_runs)
-    per_c: dict[str, dict[str, Any]] = {}
-    for c in levels:
-        o = measure.summarise_runs(ours[c])
-        v = measure.summarise_runs(vb[c]) if vb[c] else None
-        per_c[str(c)] = {
-            "ours": o,
-            "vllm_bench": v,
-            "ratio": measure.ratio(measure.median_of(o, "prompts_per_s"), measure.median_of(theirs, "prompts_per_s")),
-            "efficiency": measure.ratio(measure.median_of(o, "prompts_per_s"), measure.median_of(v, "prompts_per_s"))
-            if v else None,
-            "runs": {"ours": ours[c], "vllm_bench": vb[c]},
-        }
+    per_c = per_concurrency(levels, ours, vb, theirs)
     result = measure.envelope("eval", quick=quick, repeats=repeats, settings={
         "model": rel(TINY_BASE),
         "adapter": rel(adapter_path) if adapter_path.resolve().is_relative_to(ROOT) else "trained in the work dir",
         "prompts": n, "data": {"source": data.source, "split": "val (dev)"}, "max_tokens": MAX_TOKENS,
         "fixed_length": "ours: extra_body ignore_eos; theirs: min_new_tokens = max_new_tokens; "
                         "vllm bench: --ignore-eos",
-        "concurrency": list(levels), "prompt_shape": shape, "eval_spec_version": ev.EVAL_SPEC_VERSION,
+        "concurrency": list(levels), "prompt_shape": shape,
         "ours_driver": "pipelines.eval.client.make_client + answer_all (the evaluator's send path), latency timed "
                        "around chat.completions.create; run_eval itself cannot send ignore_eos",
         "server": server_info,

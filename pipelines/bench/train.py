@@ -136,6 +136,57 @@ def write_seeds_prompt_data(data_dir: Path) -> Path:
     return path
 
 
+def scenario_result(scenario: str, dataset: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One scenario's summaries, ratios and theirs' padding (pure)."""
+    ours_runs, their_runs = runs["ours"], runs["theirs"]
+    ours, theirs = measure.summarise_runs(ours_runs), measure.summarise_runs(their_runs)
+    med = measure.median_of
+    last = their_runs[-1]
+    out: dict[str, Any] = {
+        "description": SCENARIOS[scenario],
+        "dataset": dataset,
+        "ratio": measure.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
+        "ratios": {
+            "samples_per_s": measure.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
+            "tokens_per_s": measure.ratio(med(ours, "tokens_per_s"), med(theirs, "tokens_per_s")),
+            "peak_rss (theirs/ours)": measure.ratio(med(theirs, "peak_rss_mib"), med(ours, "peak_rss_mib")),
+        },
+        "theirs_padding": {
+            "max_source": last["max_source"], "max_target": last["max_target"],
+            "longest_prompt": last["longest_prompt"], "longest_response": last["longest_response"],
+            "mean_prompt": last.get("mean_prompt"), "mean_response": last.get("mean_response"),
+            "prompts_longer_than_seed_max_source": last.get("prompts_longer_than_seed_max_source"),
+            "prompts_truncated": last["prompts_truncated"], "responses_truncated": last["responses_truncated"],
+            "pad_fraction": last["pad_fraction"],
+        },
+        "ours": ours, "theirs": theirs, "runs": runs,
+    }
+    if "ours_fp32" in runs:
+        fp32 = measure.summarise_runs(runs["ours_fp32"])
+        out["ours_fp32"] = fp32
+        out["ratios"]["samples_per_s at equal precision (ours fp32)"] = measure.ratio(
+            med(fp32, "samples_per_s"), med(theirs, "samples_per_s"))
+    return out
+
+
+def run_sides(scenario: str, sides: list[str], repeats: int, config: Path, ours_args, their_args: list[str],
+              work: Path, samples: int, echo) -> dict[str, list[dict[str, Any]]]:
+    """Every side of one scenario, `repeats` times, alternating the order from one repeat to the next."""
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for i in range(repeats):
+        for side in (sides if i % 2 == 0 else sides[::-1]):
+            echo(f"train [{scenario}]: repeat {i + 1}/{repeats}: {side} …")
+            tag = f"{scenario}-{side}-{i}"
+            if side.startswith("ours"):
+                r = run_ours(config, ours_args(side, tag), work, tag, samples)
+            else:
+                r = run_theirs(their_args, work, tag)
+            runs[side].append(r)
+            echo(f"train [{scenario}]:   {side}: {r['samples_per_s']:.2f} samples/s, "
+                 f"{r['tokens_per_s'] or 0:.0f} tokens/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+    return runs
+
+
 def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, config: Path = DEFAULT_CONFIG,
           samples: int | None = None, epochs: int | None = None, data_source: str = "auto",
           max_source: int = 0, max_target: int = seeds.SEED_MAX_TARGET, group_by_length: bool = True,
@@ -162,49 +213,14 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
         if cuda:
             their_args += ["--device", "cuda"]
         sides = ["ours", "theirs"] + (["ours_fp32"] if ours_bf16 and scenario == "project" else [])
-        runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
-        for i in range(repeats):
-            for side in (sides if i % 2 == 0 else sides[::-1]):
-                echo(f"train [{scenario}]: repeat {i + 1}/{repeats}: {side} …")
-                tag = f"{scenario}-{side}-{i}"
-                if side.startswith("ours"):
-                    ov = ours_overrides(model=model, data_dir=data.dir, out_dir=work / f"ours-out-{tag}",
-                                        samples=samples, epochs=epochs, group_by_length=group_by_length,
-                                        dataset=dataset) + precision + (["bf16=false"] if side == "ours_fp32" else [])
-                    r = run_ours(config, ov, work, tag, samples * epochs)
-                else:
-                    r = run_theirs(their_args, work, tag)
-                runs[side].append(r)
-                echo(f"train [{scenario}]:   {side}: {r['samples_per_s']:.2f} samples/s, "
-                     f"{r['tokens_per_s'] or 0:.0f} tokens/s, peak RSS {r['peak_rss_mib']:.0f} MiB")
-        ours_runs, their_runs = runs["ours"], runs["theirs"]
-        ours, theirs = measure.summarise_runs(ours_runs), measure.summarise_runs(their_runs)
-        med = measure.median_of
-        last = their_runs[-1]
-        per[scenario] = {
-            "description": SCENARIOS[scenario],
-            "dataset": dataset,
-            "ratio": measure.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
-            "ratios": {
-                "samples_per_s": measure.ratio(med(ours, "samples_per_s"), med(theirs, "samples_per_s")),
-                "tokens_per_s": measure.ratio(med(ours, "tokens_per_s"), med(theirs, "tokens_per_s")),
-                "peak_rss (theirs/ours)": measure.ratio(med(theirs, "peak_rss_mib"), med(ours, "peak_rss_mib")),
-            },
-            "theirs_padding": {
-                "max_source": last["max_source"], "max_target": last["max_target"],
-                "longest_prompt": last["longest_prompt"], "longest_response": last["longest_response"],
-                "mean_prompt": last.get("mean_prompt"), "mean_response": last.get("mean_response"),
-                "prompts_longer_than_seed_max_source": last.get("prompts_longer_than_seed_max_source"),
-                "prompts_truncated": last["prompts_truncated"], "responses_truncated": last["responses_truncated"],
-                "pad_fraction": last["pad_fraction"],
-            },
-            "ours": ours, "theirs": theirs, "runs": runs,
-        }
-        if "ours_fp32" in runs:
-            fp32 = measure.summarise_runs(runs["ours_fp32"])
-            per[scenario]["ours_fp32"] = fp32
-            per[scenario]["ratios"]["samples_per_s at equal precision (ours fp32)"] = measure.ratio(
-                med(fp32, "samples_per_s"), med(theirs, "samples_per_s"))
+
+        def ours_args(side: str, tag: str, dataset: str = dataset) -> list[str]:
+            return ours_overrides(model=model, data_dir=data.dir, out_dir=work / f"ours-out-{tag}", samples=samples,
+                                  epochs=epochs, group_by_length=group_by_length, dataset=dataset) \
+                + precision + (["bf16=false"] if side == "ours_fp32" else [])
+
+        runs = run_sides(scenario, sides, repeats, config, ours_args, their_args, work, samples * epochs, echo)
+        per[scenario] = scenario_result(scenario, dataset, runs)
     result = measure.envelope("train", quick=quick, repeats=repeats, settings={
         "model": model, "config": rel(config),
         "data": {"source": data.source, "raw": str(data.raw), "records": samples},
