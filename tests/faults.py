@@ -1,5 +1,11 @@
 """What the fault tables share (tests/*/test_*_faults.py): running the real command line as a process and
-waiting for what it leaves. docs/RELIABILITY.md lists the rows."""
+waiting for what it leaves. docs/RELIABILITY.md lists the rows.
+
+Each table row is `(name, fault, expected message or outcome)`. The rows run the real command line as a process,
+`python -m pipelines <command> …`, so that "no traceback" is what a user sees, and each asserts the exit code, a
+one-line message, and that nothing was lost or half-written: counts that add up (read = written + skipped), an
+output folder left byte for byte as it was, no stale file, no process left behind.
+"""
 
 from __future__ import annotations
 

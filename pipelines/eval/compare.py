@@ -198,24 +198,25 @@ def _level(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"`{text}` must be a whole number of at least 1")
-    return int(text)
-
-
-def _whole(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"`{text}` must be a whole number of at least 0")
-    return int(text)
+def at_least(least: int):
+    """An argparse type: a whole number of at least `least` (the eval and compare commands' counts)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"`{text}` is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"`{text}` must be at least {least}")
+        return value
+    return parse
 
 
 def add_options(ap: argparse.ArgumentParser, defaults: bool = True) -> None:
     """`--resamples` and `--seed` (the eval command's and this one's)."""
-    ap.add_argument("--resamples", type=_positive, default=significance.DEFAULT_RESAMPLES if defaults else None,
+    ap.add_argument("--resamples", type=at_least(1), default=significance.DEFAULT_RESAMPLES if defaults else None,
                     help=f"bootstrap resamples and permutations (default {significance.DEFAULT_RESAMPLES}"
                          + ("" if defaults else ", or the evaluation's own") + ")")
-    ap.add_argument("--seed", type=_whole, default=significance.DEFAULT_SEED if defaults else None,
+    ap.add_argument("--seed", type=at_least(0), default=significance.DEFAULT_SEED if defaults else None,
                     help=f"seed of the draws (default {significance.DEFAULT_SEED}"
                          + ("" if defaults else ", or the evaluation's own") + ")")
 

