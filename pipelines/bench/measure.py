@@ -168,8 +168,14 @@ def _gpus() -> list[str]:
     return [" (".join(part.strip() for part in line.split(",", 1)) + ")" for line in out.stdout.splitlines() if line]
 
 
+#: what the benchmarks write, relative to the repository (never a sign of changed code)
+OUTPUTS = ("bench/results", "BENCHMARKS.md")
+
+
 def commit() -> dict[str, Any]:
-    """The code a result was measured on: `git rev-parse HEAD` and whether the tree had uncommitted changes."""
+    """The code a result was measured on: `git rev-parse HEAD` and whether the tree had uncommitted changes. The
+    benchmarks' own outputs (bench/results/, BENCHMARKS.md) do not count: `make bench` rewrites them as it goes, so
+    every benchmark after the first would otherwise call its own tree dirty."""
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
@@ -178,7 +184,7 @@ def commit() -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in OUTPUTS))
     return {"sha": sha, "dirty": None if status is None else bool(status)}
 
 
