@@ -168,8 +168,9 @@ def _gpus() -> list[str]:
     return [" (".join(part.strip() for part in line.split(",", 1)) + ")" for line in out.stdout.splitlines() if line]
 
 
-#: what the benchmarks write, relative to the repository (never a sign of changed code)
-OUTPUTS = ("bench/results", "BENCHMARKS.md")
+REPORT = ROOT / "BENCHMARKS.md"  # `bench report` writes it from the result files
+#: what the benchmarks write (never a sign of changed code)
+OUTPUTS = (RESULTS_DIR, REPORT)
 
 
 def commit() -> dict[str, Any]:
@@ -184,7 +185,7 @@ def commit() -> dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in OUTPUTS))
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p.relative_to(ROOT)}" for p in OUTPUTS))
     return {"sha": sha, "dirty": None if status is None else bool(status)}
 
 

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.bench import measure
-from pipelines.common.paths import ROOT
 
-OUT = ROOT / "BENCHMARKS.md"
+OUT = measure.REPORT
 
 HEAD = """# Benchmarks: the pipeline against the seeds' way
 
