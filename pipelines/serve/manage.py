@@ -1,7 +1,7 @@
 """`make serve` / `serve-status` / `serve-stop` / `lora-load` / `lora-unload`: a vLLM OpenAI server, many LoRAs.
 
-    python -m pipelines serve start   CONFIG [--port N] [--timeout S]
-    python -m pipelines serve status  CONFIG [--port N]
+    python -m pipelines serve start   CONFIG [--port N] [--replicas N] [--timeout S]
+    python -m pipelines serve status  CONFIG [--port N] [--json]
     python -m pipelines serve stop    CONFIG [--port N] [--grace S]
     python -m pipelines serve load    CONFIG --name NAME --path ADAPTER [--port N]
     python -m pipelines serve unload  CONFIG --name NAME [--port N]
@@ -11,6 +11,9 @@ Never imports vLLM: it runs `.venv-vllm/bin/vllm serve …` as a process in its 
 log under `.serve/<port>/`) and talks to it over HTTP. `VLLM_API_KEY`, when set, reaches the server through
 its environment only: never on the command line, in a file or in a log.
 
+`replicas: N` (or `--replicas N`, make's REPLICAS=) > 1 starts N servers behind vllm-router on the config's port
+(pipelines/serve/replicas.py); status, stop, load and unload then reach the router and every replica.
+
 A server whose main process died (`kill -9`, the OOM killer) is still found through its process group: `status`
 names the processes left (exit 1), `stop` ends them, `start` refuses until then. Ctrl-C during `start` stops the
 server it launched and keeps its log (exit 130).
@@ -19,6 +22,7 @@ server it launched and keeps its log (exit 130).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -50,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=["start", "status", "stop", "load", "unload", "command"])
     ap.add_argument("config", help="a serve config, e.g. serve/tiny.yaml")
     ap.add_argument("--port", type=int, help="override the config's `port`")
+    ap.add_argument("--replicas", type=int, help="start: override the config's `replicas` (servers behind the router)")
+    ap.add_argument("--json", action="store_true", help="status: print the status as JSON")
     ap.add_argument("--name", help="adapter name (load, unload)")
     ap.add_argument("--path", help="adapter folder (load)")
     ap.add_argument("--timeout", type=float, help="seconds to wait for the server (default: `startup_timeout`)")
@@ -104,7 +110,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"serve: stopped the server on port {port} (pid {pid})" if pid else
                   f"serve: no server of the launcher runs on port {port}; nothing to stop")
         return 0
-    cfg = load(args.config, port=args.port)
+    cfg = load(args.config, port=args.port, replicas=args.replicas)
     if args.action == "command":
         if args.assume_rank:
             adapters = [AdapterInfo(n, resolve(p), args.assume_rank, cfg.model) for n, p in cfg.adapters.items()]
@@ -124,6 +130,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         st = status(cfg.port, args.run_dir)
+        dead = [r for r in st.get("replicas") or [] if not r["alive"]]
+        if args.json:
+            print(json.dumps(st, indent=2))
+            return 0 if st["running"] and st["healthy"] and not dead else 1
         if st.get("leftover"):
             print(f"serve: {st['message']}.")
             return 1
@@ -131,10 +141,17 @@ def _run(args: argparse.Namespace) -> int:
             other = " (but something answers /health there)" if st["healthy"] else ""
             print(f"serve: no server of the launcher runs on port {cfg.port}{other}")
             return 1
+        if st.get("replicas"):
+            print(f"serve: router pid {st['pid']} on {st['base_url']}/v1 ({st['config']}) before "
+                  f"{len(st['replicas'])} replicas: "
+                  + ", ".join(f"pid {r['pid']} on {r['url']}{'' if r['alive'] else ' (dead)'}" for r in st["replicas"]))
+            for r in dead:
+                print(f"serve: replica pid {r['pid']} on {r['url']} is dead; the router sends its requests to the "
+                      f"others; `make serve-stop PORT={cfg.port}` and `make serve` bring it back.")
         print(f"serve: pid {st['pid']} on {st['base_url']}/v1 ({st['config']}), "
               + (f"serving {', '.join(st['models'])}" if st["healthy"] else "not healthy yet")
               + f"; log {st['log']}")
-        return 0 if st["healthy"] else 1
+        return 0 if st["healthy"] and not dead else 1
     if not args.name:
         raise ServeError(f"`--name` is required for `{args.action}` (make: NAME=…).")
     if args.action == "load":

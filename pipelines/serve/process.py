@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 
@@ -141,7 +142,7 @@ def read_state(files: RunFiles) -> dict | None:
         state = json.loads(files.state.read_text())
     except (OSError, json.JSONDecodeError):
         state = {}
-    alive = server_group(state) if isinstance(state, dict) and state.get("pid") else []
+    alive = sorted(p for m in groups(state) for p in server_group(m)) if isinstance(state, dict) else []
     if not alive:
         _cleanup(files)
         return None
@@ -149,6 +150,11 @@ def read_state(files: RunFiles) -> dict | None:
     if state.get("pid"):
         _reap(state["pid"])  # a main process killed under a launcher that is its parent (tests, `running`)
     return state
+
+
+def groups(state: Mapping) -> list[Mapping]:
+    """The process groups of a started server: its own, or the router's and each replica's (`replicas` > 1)."""
+    return [m for m in (state, *(state.get("replicas") or [])) if isinstance(m, Mapping) and m.get("pid")]
 
 
 def leftovers(state: Mapping, port: int) -> str:
@@ -235,76 +241,108 @@ class Served:
     seconds: float
 
 
+def refuse_running(files: RunFiles, port: int) -> None:
+    """ServeError when a server (or what is left of one) of the launcher runs on `port`."""
+    state = read_state(files)
+    if state and state["main_alive"]:
+        raise ServeError(f"a server is already running on port {port} (pid {state['pid']}); stop it with "
+                         f"`make serve-stop PORT={port}` first.")
+    if state:
+        alive = state["alive"]
+        raise ServeError(f"processes of a previous server on port {port} still run (pid{'s' if len(alive) > 1 else ''} "
+                         f"{', '.join(map(str, alive))}; its main process {state['pid']} is gone); end them with "
+                         f"`make serve-stop PORT={port}` first.")
+
+
+def spawn(cmd: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+    """Start `cmd` in the background in its own process group, its output into `log_path`."""
+    exe = Path(cmd[0])
+    if not exe.exists():
+        raise ServeError(f"`{exe}` does not exist; build the vLLM venv with `make setup`.")
+    with open(log_path, "wb") as log:
+        # Its own process group (stopped as a whole; Ctrl-C at the terminal does not reach it) but the
+        # caller's session: with the kernel's autogroup scheduling a new session is a CPU group of its own,
+        # and on a 2-core machine the engine's spin-waiting then starved the API server: 9-13 prompts/s
+        # instead of 25 at concurrency 16 (BENCHMARKS.md).
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(env), cwd=ROOT, process_group=0)
+
+
+def member(proc: subprocess.Popen, url: str, log: Path, cmd: list[str]) -> dict:
+    """The state of one started process group (a server, a replica, the router): what `server_group` reads."""
+    return {"pid": proc.pid, "pgid": proc.pid, "start_time": start_time(proc.pid), "base_url": url,
+            "command": cmd, "log": str(log)}
+
+
+def record_group(state: dict) -> None:
+    """What runs of a started group now (API server, engine core, workers), kept as (pid, start time) pairs."""
+    state["group"] = [[p, start_time(p)] for p in group_members(state["pgid"])]
+
+
+def fail_start(e: BaseException, procs: list[subprocess.Popen], files: RunFiles, logs: list[Path],
+               echo: Callable[[str], None]) -> NoReturn:
+    """After a failed start or Ctrl-C while starting: stop every group started, print the logs' tails, raise."""
+    for proc in procs:
+        _stop_started(proc.pid, proc.pid)
+    _cleanup(files)
+    if isinstance(e, ServeError) and procs:
+        e.pid = procs[0].pid
+        for path in logs:
+            tail = log_tail(path)
+            if tail:
+                echo(f"serve: last lines of {path}:\n{tail}")
+    if isinstance(e, KeyboardInterrupt) and procs:
+        raise ServeInterrupted(procs[0].pid, logs[0]) from None
+    raise e
+
+
 def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = None,
           timeout: float | None = None, vllm: str | Path | None = None,
           echo: Callable[[str], None] = print) -> Served:
-    """Check, start `vllm serve` in the background, wait until it lists the base and every adapter.
+    """Check, start `vllm serve` in the background, wait until it lists the base and every adapter; with
+    `replicas` > 1, N servers behind the router (pipelines/serve/replicas.py).
 
     Raises ServeConfigError (every precheck problem) or ServeError ("server exited: …" / "server failed to
     start in time …"); on a failure the server's process group is stopped and the log's tail printed.
     """
+    if cfg.replicas > 1:
+        from pipelines.serve.replicas import start_replicas  # it builds on this module's pieces
+
+        return start_replicas(cfg, run_dir=run_dir, env=env, timeout=timeout, vllm=vllm, echo=echo)
     files = run_files(cfg.port, run_dir)
-    state = read_state(files)
-    if state and state["main_alive"]:
-        raise ServeError(f"a server is already running on port {cfg.port} (pid {state['pid']}); stop it with "
-                         f"`make serve-stop PORT={cfg.port}` first.")
-    if state:
-        alive = state["alive"]
-        raise ServeError(f"processes of a previous server on port {cfg.port} still run (pid{'s' if len(alive) > 1 else ''} "
-                         f"{', '.join(map(str, alive))}; its main process {state['pid']} is gone); end them with "
-                         f"`make serve-stop PORT={cfg.port}` first.")
+    refuse_running(files, cfg.port)
     adapters = precheck(cfg)
     base_env = os.environ if env is None else env
     server_env = build_env(cfg, base_env)
     cmd = build_command(cfg, adapters, vllm)
-    exe = Path(cmd[0])
-    if not exe.exists():
-        raise ServeError(f"`{exe}` does not exist; build the vLLM venv with `make setup`.")
     files.dir.mkdir(parents=True, exist_ok=True)
     echo("serve: " + " ".join(f"{k}={v}" for k, v in sorted(shown_env(server_env, base_env).items())))
     echo("serve: " + shlex.join(cmd))
     t0 = time.monotonic()
-    proc = None
+    procs: list[subprocess.Popen] = []
     try:
-        with open(files.log, "wb") as log:
-            # Its own process group (stopped as a whole; Ctrl-C at the terminal does not reach it) but the
-            # caller's session: with the kernel's autogroup scheduling a new session is a CPU group of its own,
-            # and on a 2-core machine the engine's spin-waiting then starved the API server: 9-13 prompts/s
-            # instead of 25 at concurrency 16 (BENCHMARKS.md).
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=server_env, cwd=ROOT, process_group=0)
+        proc = spawn(cmd, server_env, files.log)
+        procs.append(proc)
         files.pid.write_text(f"{proc.pid}\n")
-        base_url = f"http://{_url_host(cfg.host)}:{cfg.port}"
-        state = {"pid": proc.pid, "pgid": proc.pid, "start_time": start_time(proc.pid), "config": cfg.source,
-                 "base_url": base_url, "model": cfg.served_model_name, "adapters": [a.name for a in adapters],
-                 "runtime_lora_updating": cfg.runtime_lora_updating, "command": cmd, "log": str(files.log)}
+        base_url = f"http://{url_host(cfg.host)}:{cfg.port}"
+        state = {**member(proc, base_url, files.log, cmd), "config": cfg.source, "model": cfg.served_model_name,
+                 "adapters": [a.name for a in adapters], "runtime_lora_updating": cfg.runtime_lora_updating}
         if cfg.lora_enabled:
             state["max_lora_rank"] = _flag_value(cmd, "--max-lora-rank", int)
         atomic_write(files.state, json.dumps(state, indent=2) + "\n")
         echo(f"serve: started pid {proc.pid}, log {files.log}; waiting for {base_url}/v1/models …")
         want = [cfg.served_model_name, *state["adapters"]]
-        models = _wait_ready(proc, base_url, want, server_env, timeout or cfg.startup_timeout, files.log)
-        # What runs at ready (API server, engine core, workers), kept as (pid, start time) pairs.
-        state["group"] = [[p, start_time(p)] for p in group_members(proc.pid)]
+        models = wait_ready(proc, base_url, want, server_env, timeout or cfg.startup_timeout, files.log)
+        record_group(state)
     except BaseException as e:  # a failed start, or Ctrl-C while starting: leave no server behind
-        if proc is not None:
-            _stop_started(proc.pid, proc.pid)
-        _cleanup(files)
-        if isinstance(e, ServeError) and proc is not None:
-            e.pid = proc.pid
-            tail = log_tail(files.log)
-            if tail:
-                echo(f"serve: last lines of {files.log}:\n{tail}")
-        if isinstance(e, KeyboardInterrupt) and proc is not None:
-            raise ServeInterrupted(proc.pid, files.log) from None
-        raise
+        fail_start(e, procs, files, [files.log], echo)
     seconds = time.monotonic() - t0
     state["ready_seconds"] = round(seconds, 1)
     atomic_write(files.state, json.dumps(state, indent=2) + "\n")
     return Served(proc.pid, base_url + "/v1", models, files.log, seconds)
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
     host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     return f"[{host}]" if ":" in host else host
 
@@ -319,8 +357,9 @@ def _flag_value(cmd: list[str], flag: str, kind=str):
     return value
 
 
-def _wait_ready(proc: subprocess.Popen, base_url: str, want: list[str], env: Mapping[str, str],
+def wait_ready(proc: subprocess.Popen, base_url: str, want: list[str], env: Mapping[str, str],
                 timeout: float, log: Path) -> list[str]:
+    """Poll until `base_url` answers /health and its /v1/models lists every name of `want`."""
     deadline = time.monotonic() + timeout
     models: list[str] = []
     while time.monotonic() < deadline:
@@ -354,6 +393,10 @@ def status(port: int, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = N
                 "healthy": False, "log": state.get("log"), "message": leftovers(state, port)}
     out = {"running": True, **{k: state.get(k) for k in ("pid", "base_url", "config", "model", "adapters", "log",
                                                             "runtime_lora_updating", "ready_seconds")}}
+    if state.get("replicas"):  # the router's and each replica's process (pipelines/serve/replicas.py)
+        out["router"] = {"pid": state["pid"], "url": state["base_url"] + "/v1"}
+        out["replicas"] = [{"pid": r["pid"], "url": r["base_url"] + "/v1", "alive": main_alive(r)}
+                           for r in state["replicas"]]
     out["healthy"] = healthy(state["base_url"])
     if out["healthy"]:
         try:
@@ -370,12 +413,12 @@ def stop(port: int, run_dir: Path = RUN_DIR, grace: float = STOP_GRACE) -> int |
     state = read_state(files)
     if state is None:
         return None
-    pid = state["pid"]
-    pgid = state.get("pgid", pid)
-    if not kill_group(pgid, grace=grace, pid=pid):
-        raise ServeError(f"processes of group {pgid} survived SIGKILL; look at `ps -g {pgid}`.")
+    for m in groups(state):  # the router first: it stops taking requests before the replicas go
+        pgid = m.get("pgid", m["pid"])
+        if not kill_group(pgid, grace=grace, pid=m["pid"]):
+            raise ServeError(f"processes of group {pgid} survived SIGKILL; look at `ps -g {pgid}`.")
     _cleanup(files)
-    return pid
+    return state["pid"]
 
 
 # ---------------------------------------------------------------- runtime adapters
@@ -404,11 +447,25 @@ def load_adapter(cfg: ServeConfig, name: str, path: str, run_dir: Path = RUN_DIR
     if problems:
         raise ServeConfigError(problems)
     assert info is not None
-    post(f"{state['base_url']}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(info.path)}, env)
+    for url in _adapter_urls(state):
+        post(f"{url}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(info.path)}, env)
 
 
 def unload_adapter(cfg: ServeConfig, name: str, run_dir: Path = RUN_DIR,
                    env: Mapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     state = _runtime_state(cfg, run_dir)
-    post(f"{state['base_url']}/v1/unload_lora_adapter", {"lora_name": name}, env)
+    for url in _adapter_urls(state):
+        post(f"{url}/v1/unload_lora_adapter", {"lora_name": name}, env)
+
+
+def _adapter_urls(state: Mapping) -> list[str]:
+    """Where a runtime adapter goes: the server, or every replica behind the router (a dead one refused)."""
+    if not state.get("replicas"):
+        return [state["base_url"]]
+    dead = [r["base_url"] for r in state["replicas"] if not main_alive(r)]
+    if dead:
+        raise ServeError(f"the replica{'s' if len(dead) > 1 else ''} at {', '.join(dead)} of the server on "
+                         f"{state['base_url']} {'are' if len(dead) > 1 else 'is'} gone, so an adapter would reach "
+                         "only some replicas; restart with `make serve-stop` and `make serve`.")
+    return [r["base_url"] for r in state["replicas"]]
