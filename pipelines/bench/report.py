@@ -27,7 +27,7 @@ machine; a result measured at another bench or eval spec version than the code's
 kept out of the summary.
 """
 
-BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance", "setup")
+BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance", "router", "setup")
 
 
 def stale_reason(result: dict[str, Any]) -> str | None:
@@ -87,10 +87,10 @@ def _runs(results: dict[str, dict[str, Any]], labels: dict[tuple, str]) -> str:
 
 
 def _section(name: str, result: dict[str, Any]) -> str:
-    from pipelines.bench import constrained, convert, setup, significance, train, train_options
+    from pipelines.bench import constrained, convert, router, setup, significance, train, train_options
     from pipelines.bench import eval as eval_bench
 
-    render = {"train": train.render, "train_options": train_options.render, "eval": eval_bench.render,
+    render = {"router": router.render, "train": train.render, "train_options": train_options.render, "eval": eval_bench.render,
               "convert": convert.render, "significance": significance.render,
               "constrained": constrained.render, "setup": setup.render}[name]
     warn = ""
@@ -124,6 +124,9 @@ def _also(name: str, r: dict[str, Any]) -> str:
         s = (r.get("ours") or {}).get("seconds")
         return (f"ratio = {r.get('target_seconds')} s target / ours; {measure.spread(s)} s for "
                 f"{(r.get('settings') or {}).get('models')} models and their pairs")
+    if name == "router":
+        return (f"ratio = prompts/s through vllm-router before {(r.get('settings') or {}).get('replicas')} replicas / "
+                f"one server directly, same cores, at concurrency {r.get('ratio_at_concurrency')}")
     if name == "train_options":
         kept = [o["name"] for o in r.get("options", []) if o.get("kept")]
         return f"options tried: {len(r.get('options', []))}; kept: {', '.join(kept) or 'none'}"

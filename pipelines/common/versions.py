@@ -16,3 +16,11 @@ VLLM_IMAGE = "vllm/vllm-openai"
 def vllm_image_tag(version: str = VLLM_GPU_VERSION) -> str:
     """The image tag of a vLLM release: `0.32.0` -> `v0.32.0`."""
     return f"v{version}"
+
+
+#: vllm-router, the vLLM project's router before `replicas: N` servers: in .venv-vllm's locks (pipelines/venvs.py)
+#: and, at the same release, the compose bundle's router service.
+VLLM_ROUTER_VERSION = "0.1.17"
+#: The router service's image. ASSUMED name: the vLLM project's `vllm/<name>:v<release>` convention (as
+#: `vllm/vllm-openai:v0.32.0`); no published image could be checked from here, so the bundle README says so.
+VLLM_ROUTER_IMAGE = "vllm/vllm-router"

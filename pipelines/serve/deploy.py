@@ -30,6 +30,7 @@ import yaml
 
 from pipelines.common.io import file_sha256
 from pipelines.common.paths import SERVE_DIR, SHARED_DEPLOY, is_local, rel
+from pipelines.common.versions import VLLM_ROUTER_VERSION
 from pipelines.serve import render
 from pipelines.serve.config import AdapterInfo, ServeConfig, ServeConfigError, load, model_arg, precheck
 
@@ -200,7 +201,7 @@ def readme(cfg: ServeConfig, adapters: list[AdapterInfo], target: str, urls: dic
               "The API key is never in these files: export `VLLM_API_KEY` first; clients send it."), ""]
 
     def section(title: str, *cmds: str, text: str = "") -> None:
-        lines.extend([f"## {title}", "", *([text, ""] if text else []), "```bash", *cmds, "```", ""])
+        lines.extend([f"## {title}", "", *([text, ""] if text else []), *(["```bash", *cmds, "```", ""] if cmds else [])])
 
     check = 'curl -s -H "Authorization: Bearer $VLLM_API_KEY" {url}/models'
     q = shlex.quote  # every value in a shell line is one quoted word
@@ -214,11 +215,23 @@ def readme(cfg: ServeConfig, adapters: list[AdapterInfo], target: str, urls: dic
                  "`BASE_MODEL_DIR=` to where it lies on another host)" if is_local(cfg.model) else
                  f"`{cfg.model}` comes from the host's Hugging Face cache (`${{HF_HOME:-~/.cache/huggingface}}`), "
                  "downloaded on the first start (`HF_TOKEN` is passed when set)")
+        what = (f"One container on {cfg.gpu_count} NVIDIA GPU(s) (NVIDIA Container Toolkit), port {cfg.port} "
+                f"published on {cfg.publish_host}" if cfg.replicas == 1 else
+                f"{cfg.replicas} vLLM containers (`vllm-0` …, {cfg.gpu_count} NVIDIA GPU(s) each, GPUs "
+                f"0-{cfg.replicas * cfg.gpu_count - 1} of the host, NVIDIA Container Toolkit) behind the `router` "
+                f"service (image `{render.router_image()}`, vllm-router {VLLM_ROUTER_VERSION}, the release "
+                f"`make serve REPLICAS=` runs; policy `{cfg.routing}`), which alone publishes port {cfg.port} on "
+                f"{cfg.publish_host}. The router's image name is assumed from the vLLM project's "
+                "`vllm/<name>:v<release>` convention: check it exists (`docker pull`) or set the `router` service's "
+                "image to one you build (`pip install vllm-router==" + VLLM_ROUTER_VERSION + "`, entrypoint "
+                "`vllm-router`). The router forwards each request's API key; every replica checks it")
         section("Start", *sums, "export VLLM_API_KEY=…", "docker compose up -d",
                 "docker compose ps                  # `healthy` once /health answers",
-                text=f"One container on {cfg.gpu_count} NVIDIA GPU(s) (NVIDIA Container Toolkit), port {cfg.port} "
-                     f"published on {cfg.publish_host}; {model}; `adapters/` is mounted read-only at "
-                     f"`{render.ADAPTERS_MOUNT}`.")
+                text=f"{what}; {model}; `adapters/` is mounted read-only at `{render.ADAPTERS_MOUNT}`.")
+        section("Which bundle", text=(
+            "Compose: one GPU host, replicas on its GPUs behind one router, `docker compose` only. Several hosts, "
+            "autoscaling or a LoRA controller that loads adapters into every replica: `make deploy TARGET=k8s` "
+            "(vllm-stack with its own router; `replicas` is its `replicaCount`)."))
         section("Check", check.format(url=url))
         section("Evaluate", evaluate.format(url=url), text="From the repository, with the same `VLLM_API_KEY`:")
         section("Stop", "docker compose down")

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.common.paths import is_local
-from pipelines.common.versions import VLLM_IMAGE, vllm_image_tag
+from pipelines.common.versions import VLLM_IMAGE, VLLM_ROUTER_IMAGE, VLLM_ROUTER_VERSION, vllm_image_tag
 from pipelines.serve.config import AdapterInfo, ServeConfig, ServeConfigError, flag_name, model_arg
+from pipelines.serve.router import router_args
 from pipelines.serve.vllm_args import build_command, build_env
 
 CHART = "vllm-stack 0.1.12"
@@ -66,11 +67,15 @@ def container_args(cfg: ServeConfig, adapters: list[AdapterInfo], adapter_root: 
 # ---------------------------------------------------------------- Docker Compose
 
 
+def router_image() -> str:
+    """The compose bundle's router service image: vllm-router at the release of .venv-vllm's lock."""
+    return f"{VLLM_ROUTER_IMAGE}:{vllm_image_tag(VLLM_ROUTER_VERSION)}"
+
+
 def render_compose(cfg: ServeConfig, adapters: list[AdapterInfo]) -> dict:
-    """`compose.yaml`: one service on the official image, GPUs reserved, adapters and a local base read-only."""
-    if cfg.replicas > 1:
-        raise DeployError([(f"`replicas` is {cfg.replicas} in `{cfg.source}`, but a compose bundle runs one server "
-                            "on one published port; set `replicas: 1` or deploy with `TARGET=k8s`.")])
+    """`compose.yaml`: one service on the official image, GPUs reserved, adapters and a local base read-only; with
+    `replicas` > 1, N such services (`vllm-0` …, each on GPUs of its own, unpublished) and a `router` service
+    (vllm-router, the local topology's router and arguments) published on the port."""
     repo, tag = image(cfg)
     env = {"VLLM_API_KEY": "${VLLM_API_KEY:?set VLLM_API_KEY}"}
     env.update(build_env(cfg, base={}, cuda=True))
@@ -83,26 +88,44 @@ def render_compose(cfg: ServeConfig, adapters: list[AdapterInfo]) -> dict:
     else:  # the hub id: the host's Hugging Face cache, written on the first start
         volumes.append({"type": "bind", "source": "${HF_HOME:-~/.cache/huggingface}", "target": HF_CACHE_MOUNT})
         env["HF_TOKEN"] = "${HF_TOKEN:-}"
-    reservations: dict = {"devices": [{"driver": "nvidia", "count": cfg.gpu_count, "capabilities": ["gpu"]}]}
-    if cfg.cpus:
-        reservations["cpus"] = str(cfg.cpus)
-    if cfg.memory:
-        reservations["memory"] = cfg.memory
     health = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{cfg.port}/health', timeout=5)"
-    service = {
-        "image": f"{repo}:{tag}",
-        "command": [a.replace("$", "$$") for a in container_args(cfg, adapters)],  # Compose interpolates `$`
-        "environment": env,
-        "ports": [{"target": cfg.port, "published": cfg.port, "host_ip": cfg.publish_host, "protocol": "tcp"}],
-        "volumes": volumes,
-        "ipc": "host",  # vLLM's shared memory between its processes
+    published = [{"target": cfg.port, "published": cfg.port, "host_ip": cfg.publish_host, "protocol": "tcp"}]
+    checks = {"test": ["CMD", "python3", "-c", health], "interval": "30s", "timeout": "10s", "retries": 3,
+              "start_period": f"{int(cfg.startup_timeout)}s"}
+
+    def server(gpus: dict) -> dict:
+        reservations: dict = {"devices": [{"driver": "nvidia", **gpus, "capabilities": ["gpu"]}]}
+        if cfg.cpus:
+            reservations["cpus"] = str(cfg.cpus)
+        if cfg.memory:
+            reservations["memory"] = cfg.memory
+        return {
+            "image": f"{repo}:{tag}",
+            "command": [a.replace("$", "$$") for a in container_args(cfg, adapters)],  # Compose interpolates `$`
+            "environment": dict(env),
+            "volumes": [dict(v) for v in volumes],
+            "ipc": "host",  # vLLM's shared memory between its processes
+            "restart": "unless-stopped",
+            "healthcheck": dict(checks),
+            "deploy": {"resources": {"reservations": reservations}},
+        }
+
+    name = re.sub(r"[^a-z0-9_-]+", "-", cfg.served_model_name.lower()).strip("-_") or "vllm"
+    if cfg.replicas == 1:
+        return {"name": name, "services": {"vllm": {**server({"count": cfg.gpu_count}), "ports": published}}}
+    n = cfg.gpu_count  # each replica on GPUs of its own (`count` would give every replica the first ones)
+    services = {f"vllm-{i}": server({"device_ids": [str(g) for g in range(i * n, (i + 1) * n)]})
+                for i in range(cfg.replicas)}
+    urls = [f"http://{s}:{cfg.port}" for s in services]
+    services["router"] = {  # the key reaches the replicas in each request's header, which the router forwards
+        "image": router_image(),
+        "command": router_args(cfg, urls, host="0.0.0.0"),
+        "ports": published,
         "restart": "unless-stopped",
-        "healthcheck": {"test": ["CMD", "python3", "-c", health], "interval": "30s", "timeout": "10s",
-                        "retries": 3, "start_period": f"{int(cfg.startup_timeout)}s"},
-        "deploy": {"resources": {"reservations": reservations}},
+        "depends_on": {s: {"condition": "service_healthy"} for s in list(services)},
+        "healthcheck": {**checks, "start_period": "30s"},
     }
-    return {"name": re.sub(r"[^a-z0-9_-]+", "-", cfg.served_model_name.lower()).strip("-_") or "vllm",
-            "services": {"vllm": service}}
+    return {"name": name, "services": services}
 
 
 # ---------------------------------------------------------------- the vllm-stack Helm chart

@@ -153,10 +153,32 @@ def test_compose_runs_make_serves_command(kind, adapters, tiny_base_dir, tmp_pat
         assert bundle_files(out / "adapters" / name) == bundle_files(Path(m["path"]))
 
 
-def test_compose_refuses_two_replicas(adapters, tiny_base_dir, tmp_path, capsys):
-    conf = write_config(tmp_path, "qwen", adapters, tiny_base_dir, replicas=2)
-    rc, _, err = run_deploy(capsys, conf, "--target", "compose", "--out", tmp_path / "b")
-    assert rc == 1 and "a compose bundle runs one server" in err and not (tmp_path / "b").exists()
+@pytest.mark.parametrize("kind", ["tiny", "hub"])
+def test_compose_with_two_replicas_renders_them_behind_the_router(kind, adapters, tiny_base_dir, tmp_path, capsys):
+    conf = write_config(tmp_path, kind, adapters, tiny_base_dir, replicas=2, gpus=2, routing="round_robin")
+    out = tmp_path / "b"
+    rc, _, err = run_deploy(capsys, conf, "--target", "compose", "--out", out)
+    assert rc == 0, err
+    doc = yaml.safe_load((out / "compose.yaml").read_text())
+    assert sorted(doc["services"]) == ["router", "vllm-0", "vllm-1"]
+    (tmp_path / "one").mkdir()
+    single = write_config(tmp_path / "one", kind, adapters, tiny_base_dir, gpus=2)
+    assert run_deploy(capsys, single, "--target", "compose", "--out", tmp_path / "one" / "b")[0] == 0
+    one = yaml.safe_load((tmp_path / "one" / "b" / "compose.yaml").read_text())["services"]["vllm"]
+    for i in (0, 1):  # each replica: the single server's service, unpublished, on GPUs of its own
+        svc = doc["services"][f"vllm-{i}"]
+        assert "ports" not in svc and svc["command"] == one["command"] and svc["environment"] == one["environment"]
+        assert svc["deploy"]["resources"]["reservations"]["devices"] == [
+            {"driver": "nvidia", "device_ids": [str(2 * i), str(2 * i + 1)], "capabilities": ["gpu"]}]
+    router = doc["services"]["router"]
+    assert router["image"] == "vllm/vllm-router:v0.1.17" and router["ports"] == one["ports"]
+    assert router["depends_on"] == {f"vllm-{i}": {"condition": "service_healthy"} for i in (0, 1)}
+    _, args = flags(router["command"])
+    assert args["--worker-urls"] == ["http://vllm-0:8000", "http://vllm-1:8000"]
+    assert args["--policy"] == ["round_robin"] and args["--host"] == ["0.0.0.0"] and args["--port"] == ["8000"]
+    assert "--api-key" not in args and "VLLM_API_KEY" not in router.get("environment", {})
+    text = (out / "README.md").read_text()
+    assert "vllm/vllm-router:v0.1.17" in text and "TARGET=k8s" in text
 
 
 # ---------------------------------------------------------------- k8s
@@ -323,7 +345,7 @@ def test_refusal_through_the_command_line_has_no_traceback(tmp_path):
 @pytest.mark.parametrize("kind", ["tiny", "qwen", "hub"])
 @pytest.mark.parametrize("target", ["compose", "k8s"])
 def test_bundles_validate_against_the_official_schemas(kind, target, adapters, tiny_base_dir, tmp_path, capsys):
-    conf = write_config(tmp_path, kind, adapters, tiny_base_dir, **({"replicas": 2} if target == "k8s" else {}))
+    conf = write_config(tmp_path, kind, adapters, tiny_base_dir, replicas=2)  # compose: two services and the router
     out = tmp_path / "bundle"
     rc, _, err = run_deploy(capsys, conf, "--target", target, "--out", out,
                             "--schemas", schema(COMPOSE_SCHEMA).parents[1])

@@ -23,6 +23,7 @@ from serving import START_TIMEOUT, make_lora_adapter
 
 from pipelines import serve
 from pipelines.common.net import free_port
+from pipelines.common.paths import VENV_VLLM
 from pipelines.serve import manage as serve_cli
 from pipelines.serve.config import ROUTING_POLICIES, ServeConfigError, from_dict, load
 from pipelines.serve.replicas import replica_configs
@@ -80,7 +81,9 @@ def test_router_command_keeps_the_key_off_its_command_line():
 
 
 @pytest.fixture(scope="module")
-def topology(tmp_path_factory, tiny_base_dir: Path, converted_data_dir: Path, vllm_venv):
+def topology(tmp_path_factory, tiny_base_dir: Path, converted_data_dir: Path):
+    if not (VENV_VLLM / "bin" / "vllm-router").exists():
+        pytest.fail(f"`{VENV_VLLM}` has no vllm-router: run `make setup` (`make test` runs it first).")
     root = tmp_path_factory.mktemp("replicas")
     cluener = make_lora_adapter(tiny_base_dir, root / "cluener", r=8, seed=1)
     extra = make_lora_adapter(tiny_base_dir, root / "extra", r=8, seed=3)
