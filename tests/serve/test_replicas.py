@@ -207,3 +207,18 @@ def test_stop_ends_the_router_and_every_replica(topology, capsys):
     assert f"stopped the server on port {topology['cfg'].port} (pid {state['pid']})" in capsys.readouterr().out
     assert all(serve.group_members(g) == [] for g in pgids)
     assert not files.pid.exists() and not files.state.exists()
+
+
+def test_runtime_adapters_are_refused_while_a_replica_is_dead():
+    from pipelines.serve.process import _adapter_urls, start_time
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = {"pid": os.getpid(), "start_time": start_time(os.getpid()), "base_url": "http://127.0.0.1:2"}
+    state = {**me, "base_url": "http://127.0.0.1:1", "replicas": [me, {"pid": gone.pid, "start_time": "1",
+                                                                      "base_url": "http://127.0.0.1:3"}]}
+    with pytest.raises(serve.ServeError, match=r"the replica at http://127.0.0\.1:3 of the server on "
+                                                r"http://127\.0\.0\.1:1 is gone"):
+        _adapter_urls(state)
+    assert _adapter_urls({**state, "replicas": [me]}) == ["http://127.0.0.1:2"]
+    assert _adapter_urls(me) == ["http://127.0.0.1:2"]
