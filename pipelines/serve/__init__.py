@@ -1,7 +1,8 @@
-"""Serve: one vLLM OpenAI-compatible server with the base model and its LoRA adapters, run as a process from
+"""Serve: vLLM OpenAI-compatible servers with the base model and its LoRA adapters, run as processes from
 `.venv-vllm`; this package never imports vLLM. Modules: config (serve configs and their checks), vllm_args (the
-`vllm serve` command line and environment), process (start, status, stop by process group), client (HTTP),
-running (a server for a block of code), manage (the `serve` command), render and deploy (bundles)."""
+`vllm serve` command line and environment), process (start, status, stop by process group), replicas and router
+(`replicas: N`: N servers behind vllm-router, one unit), client (HTTP), running (a server for a block of code),
+manage (the `serve` command), render and deploy (bundles)."""
 
 from pipelines.serve.client import ServeError, healthy, served_models
 from pipelines.serve.config import AdapterInfo, ServeConfig, ServeConfigError, from_dict, load, precheck
@@ -13,11 +14,11 @@ from pipelines.serve.process import (
     load_adapter,
     read_state,
     run_files,
-    start,
     status,
     stop,
     unload_adapter,
 )
+from pipelines.serve.replicas import start
 from pipelines.serve.running import running
 from pipelines.serve.vllm_args import build_command, build_env, shown_env
 

@@ -41,11 +41,12 @@ from pipelines.serve.process import (
     load_adapter,
     read_state,
     run_files,
-    start,
     status,
     stop,
     unload_adapter,
 )
+from pipelines.serve.replicas import replica_configs, start
+from pipelines.serve.router import router_command
 from pipelines.serve.vllm_args import build_command, build_env, shown_env
 
 
@@ -116,6 +117,11 @@ def _run(args: argparse.Namespace) -> int:
             adapters = [AdapterInfo(n, resolve(p), args.assume_rank, cfg.model) for n, p in cfg.adapters.items()]
         else:
             adapters = precheck(cfg, check_port=False)
+        if cfg.replicas > 1:  # what `start` runs: N such servers (ports picked at start) behind the router
+            reps = replica_configs(cfg, os.environ)
+            print(f"# {cfg.replicas} replicas (ports here are examples; start picks free ones), behind:")
+            print("# " + shlex.join(router_command(cfg, [f"http://{r.host}:{r.port}" for r in reps])))
+            cfg = reps[0]
         env = build_env(cfg)
         for k, v in sorted(shown_env(env, os.environ).items()):
             print(f"export {k}={shlex.quote(v)}")

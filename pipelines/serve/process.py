@@ -296,19 +296,15 @@ def fail_start(e: BaseException, procs: list[subprocess.Popen], files: RunFiles,
     raise e
 
 
-def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = None,
+def start_server(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = None,
           timeout: float | None = None, vllm: str | Path | None = None,
           echo: Callable[[str], None] = print) -> Served:
-    """Check, start `vllm serve` in the background, wait until it lists the base and every adapter; with
-    `replicas` > 1, N servers behind the router (pipelines/serve/replicas.py).
+    """Check, start `vllm serve` in the background, wait until it lists the base and every adapter (one server:
+    `replicas` is not read here; `pipelines.serve.replicas.start` is the entry that reads it).
 
     Raises ServeConfigError (every precheck problem) or ServeError ("server exited: …" / "server failed to
     start in time …"); on a failure the server's process group is stopped and the log's tail printed.
     """
-    if cfg.replicas > 1:
-        from pipelines.serve.replicas import start_replicas  # it builds on this module's pieces
-
-        return start_replicas(cfg, run_dir=run_dir, env=env, timeout=timeout, vllm=vllm, echo=echo)
     files = run_files(cfg.port, run_dir)
     refuse_running(files, cfg.port)
     adapters = precheck(cfg)

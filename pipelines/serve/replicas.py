@@ -34,6 +34,7 @@ from pipelines.serve.process import (
     refuse_running,
     run_files,
     spawn,
+    start_server,
     url_host,
     wait_ready,
 )
@@ -63,6 +64,13 @@ def _free_ports(n: int) -> list[int]:
         if p not in ports:
             ports.append(p)
     return ports
+
+
+def start(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = None,
+          timeout: float | None = None, vllm: str | Path | None = None, echo: Callable[[str], None] = print) -> Served:
+    """`make serve`: one server (`replicas: 1`, process.start_server) or N behind the router (`start_replicas`)."""
+    launch = start_replicas if cfg.replicas > 1 else start_server
+    return launch(cfg, run_dir=run_dir, env=env, timeout=timeout, vllm=vllm, echo=echo)
 
 
 def start_replicas(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = None,

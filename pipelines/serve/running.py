@@ -16,7 +16,8 @@ from pathlib import Path
 from pipelines.common.net import free_port
 from pipelines.common.process import QUICK_GRACE_S
 from pipelines.serve.config import ServeConfig
-from pipelines.serve.process import RUN_DIR, Served, start, stop
+from pipelines.serve.process import RUN_DIR, Served, stop
+from pipelines.serve.replicas import start
 
 STOP_GRACE_S = QUICK_GRACE_S  # a test's or benchmark's server: nothing of it is worth waiting longer for
 

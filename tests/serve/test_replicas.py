@@ -222,3 +222,14 @@ def test_runtime_adapters_are_refused_while_a_replica_is_dead():
         _adapter_urls(state)
     assert _adapter_urls({**state, "replicas": [me]}) == ["http://127.0.0.1:2"]
     assert _adapter_urls(me) == ["http://127.0.0.1:2"]
+
+
+def test_command_prints_the_router_before_one_replica(tiny_base_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PIPELINES_DEVICE", "cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    conf = tmp_path / "s.yaml"
+    conf.write_text(yaml.safe_dump(_raw(tiny_base_dir, 8123, replicas=2)))
+    assert serve_cli.main(["command", str(conf)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# 2 replicas") and "--port 8123 --worker-urls http://127.0.0.1:" in lines[1]
+    assert "export OMP_NUM_THREADS=2" in lines and "--host 127.0.0.1" in lines[-1] and "--port 8123" not in lines[-1]
