@@ -10,6 +10,11 @@ Environment (the Makefile passes these through):
                              reach LLaMA-Factory's own torchrun launcher (`llamafactory/launcher.py`), which
                              reads them when FORCE_TORCHRUN=1; that is set when NPROC_PER_NODE > 1, NNODES > 1
                              or DEEPSPEED is given. Empty values (as `make` exports unset variables) are dropped.
+                             On world_size = NPROC_PER_NODE × NNODES ranks the config's global batch (per-device
+                             batch × accumulation, as one process trains it) is kept: `gradient_accumulation_steps`
+                             (else `per_device_train_batch_size`) is divided by the world size, or the launch is
+                             refused in one sentence when that cannot keep it (`pipelines.train.ranks`); on the CPU
+                             the ranks use gloo and share the cores (OMP_NUM_THREADS = cores / NPROC_PER_NODE).
     DRY_RUN=1                print the command and the launcher's environment, run nothing
 
 Ctrl-C stops the training (SIGTERM to llamafactory-cli and what it started, SIGKILL after a grace period) and
@@ -39,7 +44,7 @@ from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, config_flag, env_flag
 from pipelines.common.paths import ROOT, TINY_BASE, TINY_MODEL, is_local, rel, resolve
 from pipelines.common.process import STOP_GRACE_S, is_live, proc_stat, sigint_ignored, stop_even_on_ctrl_c
-from pipelines.train import check, config
+from pipelines.train import check, config, ranks
 from pipelines.train.manifest import write_manifest
 
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -94,6 +99,8 @@ def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], 
         env.pop(name, None)
     if deepspeed or (nproc or 1) > 1 or (nnodes or 1) > 1:
         env["FORCE_TORCHRUN"] = "1"
+    if (nproc or 1) > 1 and not environ.get("OMP_NUM_THREADS"):  # the ranks of a node share its cores
+        env["OMP_NUM_THREADS"] = str(max(1, device.usable_cores() // (nproc or 1)))
     return lfcli.cli("train", *args), env
 
 
@@ -282,6 +289,12 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
                   "here; training in fp32 (`bf16=false`).", flush=True)
             args.overrides += extra
             cfg = {**cfg, "bf16": False}
+        nproc, nnodes = _int_var(environ, "NPROC_PER_NODE", 1) or 1, _int_var(environ, "NNODES", 1) or 1
+        split = ranks.per_rank(cfg, nproc, nnodes)
+        if nproc * nnodes > 1:
+            print(ranks.describe(cfg, split, nproc, nnodes), flush=True)
+            args.overrides += [f"{k}={v}" for k, v in split.items()]
+            cfg = {**cfg, **split}
         cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,
                                 offline=is_local(model) if model else True)
     except (config.CheckError, TrainError, FlagError) as e:
