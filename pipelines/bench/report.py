@@ -27,7 +27,7 @@ machine; a result measured at another bench or eval spec version than the code's
 kept out of the summary.
 """
 
-BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance", "setup")
+BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance", "ranks", "setup")
 
 
 def stale_reason(result: dict[str, Any]) -> str | None:
@@ -87,12 +87,12 @@ def _runs(results: dict[str, dict[str, Any]], labels: dict[tuple, str]) -> str:
 
 
 def _section(name: str, result: dict[str, Any]) -> str:
-    from pipelines.bench import constrained, convert, setup, significance, train, train_options
+    from pipelines.bench import constrained, convert, ranks, setup, significance, train, train_options
     from pipelines.bench import eval as eval_bench
 
     render = {"train": train.render, "train_options": train_options.render, "eval": eval_bench.render,
               "convert": convert.render, "significance": significance.render,
-              "constrained": constrained.render, "setup": setup.render}[name]
+              "constrained": constrained.render, "setup": setup.render, "ranks": ranks.render}[name]
     warn = ""
     if result.get("quick"):
         warn = ("\n> **Quick mode: small sizes, one repeat, measured on a shared, busy machine. These figures are "
@@ -124,6 +124,10 @@ def _also(name: str, r: dict[str, Any]) -> str:
         s = (r.get("ours") or {}).get("seconds")
         return (f"ratio = {r.get('target_seconds')} s target / ours; {measure.spread(s)} s for "
                 f"{(r.get('settings') or {}).get('models')} models and their pairs")
+    if name == "ranks":
+        return (f"ratio = 2 ranks' samples/s / 1 rank's on the same cores (correctness here, not speed); same global "
+                f"batch {r.get('same_global_batch')}, train loss differs by "
+                f"{measure.fmt((r.get('loss_difference') or 0) * 100)}%")
     if name == "train_options":
         kept = [o["name"] for o in r.get("options", []) if o.get("kept")]
         return f"options tried: {len(r.get('options', []))}; kept: {', '.join(kept) or 'none'}"

@@ -50,6 +50,8 @@ from pipelines.train.manifest import write_manifest
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+#: The folder of the `sitecustomize` that lets training ranks on the CPU resume (see its docstring).
+CPU_RANKS = Path(__file__).resolve().parent / "cpu_ranks"
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it
 
 
@@ -71,8 +73,10 @@ def _int_var(env: Mapping[str, str], name: str, minimum: int) -> int | None:
 
 
 def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], resume_from: str | None = None,
-                 offline: bool = True) -> tuple[list[str], dict[str, str]]:
-    """The llamafactory-cli command line and its environment. Pure: reads nothing but its arguments."""
+                 offline: bool = True, on_cpu: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The llamafactory-cli command line and its environment. Pure: reads nothing but its arguments (and the
+    cores it may use). `on_cpu`: the config trains on the CPU (`use_cpu`), so several ranks get `CPU_RANKS` first
+    on PYTHONPATH (its `sitecustomize` lets them load their checkpoint's optimizer on `RESUME=1`)."""
     nproc = _int_var(environ, "NPROC_PER_NODE", 1)
     nnodes = _int_var(environ, "NNODES", 1)
     node_rank = _int_var(environ, "NODE_RANK", 0)
@@ -101,6 +105,8 @@ def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], 
         env["FORCE_TORCHRUN"] = "1"
     if (nproc or 1) > 1 and not environ.get("OMP_NUM_THREADS"):  # the ranks of a node share its cores
         env["OMP_NUM_THREADS"] = str(max(1, device.usable_cores() // (nproc or 1)))
+    if on_cpu and (nproc or 1) * (nnodes or 1) > 1:
+        env["PYTHONPATH"] = os.pathsep.join([str(CPU_RANKS), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     return lfcli.cli("train", *args), env
 
 
@@ -296,7 +302,7 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
             args.overrides += [f"{k}={v}" for k, v in split.items()]
             cfg = {**cfg, **split}
         cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,
-                                offline=is_local(model) if model else True)
+                                offline=is_local(model) if model else True, on_cpu=config_flag(cfg, "use_cpu"))
     except (config.CheckError, TrainError, FlagError) as e:
         print(f"train: {e}", file=sys.stderr)
         return 1
