@@ -92,9 +92,10 @@ def bench(work: Path, *, repeats: int, quick: bool, model: str = TINY_BASE, conf
             runs[world].append(r)
             echo(f"ranks: repeat {i + 1}/{repeats}, {world} rank(s): {r['samples_per_s']:.2f} samples/s, loss "
                  f"{r['train_loss_mean']:.4f}, global batch {r['global_batch']}")
-    sides = {str(w): {"summary": measure.summarise_runs(runs[w]), "runs": runs[w]} for w in WORLDS}
-    one, two = (measure.median_of(sides[str(w)]["summary"], "samples_per_s") for w in WORLDS)
-    loss_one, loss_two = (measure.median_of(sides[str(w)]["summary"], "train_loss_mean") for w in WORLDS)
+    summaries = {w: measure.summarise_runs(runs[w]) for w in WORLDS}
+    sides = {str(w): {"summary": summaries[w], "runs": runs[w]} for w in WORLDS}
+    one, two = (measure.median_of(summaries[w], "samples_per_s") for w in WORLDS)
+    loss_one, loss_two = (measure.median_of(summaries[w], "train_loss_mean") for w in WORLDS)
     result = measure.envelope("ranks", quick=quick, repeats=repeats, settings={
         "model": rel(model), "config": rel(config), "samples": samples, "epochs": 1,
         "batch": f"{BATCH} per device x {ACCUMULATION} accumulation on 1 rank, split by `make train` on more",
