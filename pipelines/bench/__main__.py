@@ -1,4 +1,4 @@
-"""`python -m pipelines bench [train|train_options|eval|convert|constrained|significance|router|all|report|setup] [--repeats 3] [--quick]`
+"""`python -m pipelines bench [train|train_options|eval|convert|constrained|significance|router|ranks|all|report|setup] [--repeats 3] [--quick]`
 (see `pipelines.bench`)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from pipelines.bench import measure
 
-BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance", "router")
+BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance", "router", "ranks")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -127,6 +127,12 @@ def _run(name: str, args: argparse.Namespace, work: Path):
 
         r = router.bench(work, repeats=args.repeats, quick=args.quick, data_source=args.data)
         return r, router.render(r)
+    if name == "ranks":
+        from pipelines.bench import ranks
+
+        r = ranks.bench(work, repeats=args.repeats, quick=args.quick, samples=args.train_samples,
+                        data_source=args.data, **({"model": args.train_model} if args.train_model else {}))
+        return r, ranks.render(r)
     if name == "train_options":
         from pipelines.bench import train_options
 

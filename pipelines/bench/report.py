@@ -27,7 +27,7 @@ machine; a result measured at another bench or eval spec version than the code's
 kept out of the summary.
 """
 
-BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance", "router", "setup")
+BENCHES = ("train", "train_options", "eval", "convert", "constrained", "significance", "router", "ranks", "setup")
 
 
 def stale_reason(result: dict[str, Any]) -> str | None:
@@ -87,12 +87,12 @@ def _runs(results: dict[str, dict[str, Any]], labels: dict[tuple, str]) -> str:
 
 
 def _section(name: str, result: dict[str, Any]) -> str:
-    from pipelines.bench import constrained, convert, router, setup, significance, train, train_options
+    from pipelines.bench import constrained, convert, ranks, router, setup, significance, train, train_options
     from pipelines.bench import eval as eval_bench
 
-    render = {"router": router.render, "train": train.render, "train_options": train_options.render, "eval": eval_bench.render,
-              "convert": convert.render, "significance": significance.render,
-              "constrained": constrained.render, "setup": setup.render}[name]
+    render = {"train": train.render, "train_options": train_options.render, "eval": eval_bench.render,
+              "convert": convert.render, "significance": significance.render, "constrained": constrained.render,
+              "router": router.render, "ranks": ranks.render, "setup": setup.render}[name]
     warn = ""
     if result.get("quick"):
         warn = ("\n> **Quick mode: small sizes, one repeat, measured on a shared, busy machine. These figures are "
@@ -127,6 +127,10 @@ def _also(name: str, r: dict[str, Any]) -> str:
     if name == "router":
         return (f"ratio = prompts/s through vllm-router before {(r.get('settings') or {}).get('replicas')} replicas / "
                 f"one server directly, same cores, at concurrency {r.get('ratio_at_concurrency')}")
+    if name == "ranks":
+        return (f"ratio = 2 ranks' samples/s / 1 rank's on the same cores (correctness here, not speed); same global "
+                f"batch {r.get('same_global_batch')}, train loss differs by "
+                f"{measure.fmt((r.get('loss_difference') or 0) * 100)}%")
     if name == "train_options":
         kept = [o["name"] for o in r.get("options", []) if o.get("kept")]
         return f"options tried: {len(r.get('options', []))}; kept: {', '.join(kept) or 'none'}"

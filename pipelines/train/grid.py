@@ -30,6 +30,7 @@ from pipelines.common.lora import servable_rank
 from pipelines.common.paths import ROOT, rel, resolve
 from pipelines.train import check, config
 from pipelines.train import launch as train
+from pipelines.train import ranks as dist
 from pipelines.train.manifest import read_manifest, stale_reason
 
 DEFAULT_RANKS = "8,64"
@@ -198,6 +199,8 @@ def train_grid(config_file: str, overrides: list[str], ranks: list[int], lrs: li
         raise config.CheckError(f"`{config_file}` is not a LoRA config (`finetuning_type: "
                                 f"{cfg.get('finetuning_type')}`); pick a `conf/*_lora_*.yaml`.")
     ratio = alpha_ratio(cfg, ratio)
+    world = (int(os.environ.get("NPROC_PER_NODE") or 1), int(os.environ.get("NNODES") or 1))
+    dist.per_rank(cfg, *world)  # a batch the ranks cannot share is refused before anything trains
     task = task or task_name(cfg)
     runs: list[Run] = []
     measured = False
@@ -215,6 +218,7 @@ def train_grid(config_file: str, overrides: list[str], ranks: list[int], lrs: li
             for w in report.warnings:
                 echo(f"[{name}] warning: {w}")
             expected = {**merged, "bf16": False} if train.precision_overrides(merged) else merged
+            expected = {**expected, **dist.per_rank(expected, *world)}  # as `make train` splits it over the ranks
             why = stale_reason(resolve(run.output_dir), expected)
             if why is None:
                 run.status = "reused"

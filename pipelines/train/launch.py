@@ -10,6 +10,11 @@ Environment (the Makefile passes these through):
                              reach LLaMA-Factory's own torchrun launcher (`llamafactory/launcher.py`), which
                              reads them when FORCE_TORCHRUN=1; that is set when NPROC_PER_NODE > 1, NNODES > 1
                              or DEEPSPEED is given. Empty values (as `make` exports unset variables) are dropped.
+                             On world_size = NPROC_PER_NODE × NNODES ranks the config's global batch (per-device
+                             batch × accumulation, as one process trains it) is kept: `gradient_accumulation_steps`
+                             (else `per_device_train_batch_size`) is divided by the world size, or the launch is
+                             refused in one sentence when that cannot keep it (`pipelines.train.ranks`); on the CPU
+                             the ranks use gloo and share the cores (OMP_NUM_THREADS = cores / NPROC_PER_NODE).
     DRY_RUN=1                print the command and the launcher's environment, run nothing
 
 Ctrl-C stops the training (SIGTERM to llamafactory-cli and what it started, SIGKILL after a grace period) and
@@ -39,12 +44,14 @@ from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, config_flag, env_flag
 from pipelines.common.paths import ROOT, TINY_BASE, TINY_MODEL, is_local, rel, resolve
 from pipelines.common.process import STOP_GRACE_S, is_live, proc_stat, sigint_ignored, stop_even_on_ctrl_c
-from pipelines.train import check, config
+from pipelines.train import check, config, ranks
 from pipelines.train.manifest import write_manifest
 
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+#: The folder of the `sitecustomize` that lets training ranks on the CPU resume (see its docstring).
+CPU_RANKS = Path(__file__).resolve().parent / "cpu_ranks"
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it
 
 
@@ -66,8 +73,10 @@ def _int_var(env: Mapping[str, str], name: str, minimum: int) -> int | None:
 
 
 def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], resume_from: str | None = None,
-                 offline: bool = True) -> tuple[list[str], dict[str, str]]:
-    """The llamafactory-cli command line and its environment. Pure: reads nothing but its arguments."""
+                 offline: bool = True, on_cpu: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The llamafactory-cli command line and its environment. Pure: reads nothing but its arguments (and the
+    cores it may use). `on_cpu`: the config trains on the CPU (`use_cpu`), so several ranks get `CPU_RANKS` first
+    on PYTHONPATH (its `sitecustomize` lets them load their checkpoint's optimizer on `RESUME=1`)."""
     nproc = _int_var(environ, "NPROC_PER_NODE", 1)
     nnodes = _int_var(environ, "NNODES", 1)
     node_rank = _int_var(environ, "NODE_RANK", 0)
@@ -94,6 +103,10 @@ def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], 
         env.pop(name, None)
     if deepspeed or (nproc or 1) > 1 or (nnodes or 1) > 1:
         env["FORCE_TORCHRUN"] = "1"
+    if (nproc or 1) > 1 and not environ.get("OMP_NUM_THREADS"):  # the ranks of a node share its cores
+        env["OMP_NUM_THREADS"] = str(max(1, device.usable_cores() // (nproc or 1)))
+    if on_cpu and (nproc or 1) * (nnodes or 1) > 1:
+        env["PYTHONPATH"] = os.pathsep.join([str(CPU_RANKS), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     return lfcli.cli("train", *args), env
 
 
@@ -282,8 +295,14 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
                   "here; training in fp32 (`bf16=false`).", flush=True)
             args.overrides += extra
             cfg = {**cfg, "bf16": False}
+        nproc, nnodes = _int_var(environ, "NPROC_PER_NODE", 1) or 1, _int_var(environ, "NNODES", 1) or 1
+        split = ranks.per_rank(cfg, nproc, nnodes)
+        if nproc * nnodes > 1:
+            print(ranks.describe(cfg, split, nproc, nnodes), flush=True)
+            args.overrides += [f"{k}={v}" for k, v in split.items()]
+            cfg = {**cfg, **split}
         cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,
-                                offline=is_local(model) if model else True)
+                                offline=is_local(model) if model else True, on_cpu=config_flag(cfg, "use_cpu"))
     except (config.CheckError, TrainError, FlagError) as e:
         print(f"train: {e}", file=sys.stderr)
         return 1

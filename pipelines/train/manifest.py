@@ -2,8 +2,9 @@
 
 `OUTPUT_DIR/pipelines_manifest.json` (`paths.TRAIN_MANIFEST`), written beside each trained adapter or model:
 the merged config, the command, the git revision, the sha256 of every dataset file, the base model's weights
-fingerprint, the package versions, start and end time, and the final train/eval loss. The serve precheck,
-the sweep and the run report read it.
+fingerprint, the package versions, start and end time, the world size (NPROC_PER_NODE × NNODES ranks) and the
+global batch (per-device batch × accumulation × world size, `pipelines.train.ranks`), and the final train/eval
+loss. The serve precheck, the sweep and the run report read it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from pipelines.common.io import file_sha256, read_json, tree_sha256, weights_fingerprint, write_json
 from pipelines.common.paths import ROOT, TRAIN_MANIFEST, rel, resolve
+from pipelines.train import ranks
 from pipelines.train.config import as_list
 
 PACKAGES = ("llamafactory", "transformers", "peft", "torch", "accelerate", "datasets", "trl", "tokenizers",
@@ -130,6 +132,8 @@ def write_manifest(output_dir: Path, *, config: str, overrides: list[str], cfg: 
         "config": dict(cfg),
         "command": [a.replace(str(ROOT) + "/", "") for a in argv],
         "launcher_env": {k: env[k] for k in LAUNCH_VARS if k in env},
+        "world_size": ranks.world_size(env),
+        "global_batch": ranks.global_batch(cfg, ranks.world_size(env)),
         "resumed_from": resumed_from,
         "git": git_revision(),
         "datasets": dataset_files(cfg),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.bench import measure, report, seeds, train, train_options
+from pipelines.bench import measure, ranks, report, seeds, train, train_options
 from pipelines.bench import setup as bench_setup
 from pipelines.bench.__main__ import BENCHES
 from pipelines.common.paths import ROOT
@@ -213,6 +213,17 @@ def test_train_options_verdict_and_overrides():
     assert train_options.verdict(base[:1], fast[:1])[0] is None
 
 
+def test_ranks_overrides_keep_the_train_benchmarks_setup_with_a_batch_of_8_x_2(tmp_path):
+    args = ranks.overrides(model="m", data_dir=tmp_path, out_dir=tmp_path / "o", samples=32, cuda=False, seed=1)
+    keys = [a.split("=", 1)[0] for a in args]
+    assert len(keys) == len(set(keys))  # one value per key, none left for llamafactory-cli to pick between
+    assert {"per_device_train_batch_size=8", "gradient_accumulation_steps=2", "seed=1", "max_samples=32"} <= set(args)
+    assert "use_cpu=false" not in args
+    assert "use_cpu=false" in ranks.overrides(model="m", data_dir=tmp_path, out_dir=tmp_path, samples=32, cuda=True,
+                                              seed=0)
+    assert "NPROC_PER_NODE" not in ranks.environ(1) and ranks.environ(2)["NPROC_PER_NODE"] == "2"
+
+
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory, tiny_base_dir):
     """`python -m pipelines bench all --quick --repeats 1 --data sample` into a temporary results folder."""
@@ -248,3 +259,15 @@ def test_quick_report_holds_every_benchmark(quick_results):
     for name in BENCHES:
         assert f"| {name} " in summary and f"\n## {name}\n" in text
     assert "## Stale" not in text and "Quick mode" in text
+
+
+@pytest.mark.slow
+def test_quick_ranks_trains_the_same_global_batch_on_one_and_two_ranks(quick_results):
+    results, md, _ = quick_results
+    r = measure.read_result("ranks", results)
+    assert set(r["sides"]) == {"1", "2"} and r["same_global_batch"] is True
+    for world in ("1", "2"):
+        run = r["sides"][world]["runs"][0]
+        assert run["world_size"] == int(world) and run["global_batch"] == 16 and run["samples_per_s"] > 0
+    assert r["sides"]["1"]["runs"][0]["steps"] == r["sides"]["2"]["runs"][0]["steps"] == 2  # 32 samples / 16
+    assert "the point is correctness, not speed" in md.read_text(encoding="utf-8")

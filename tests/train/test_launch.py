@@ -15,6 +15,7 @@ import pytest
 from pipelines.common import lfcli
 from pipelines.common.paths import ROOT
 from pipelines.train import launch as train
+from pipelines.train import ranks
 
 CONFIG = "conf/qwen2.5-7b-instruct_lora_cluener.yaml"
 DS = "conf/deepspeed/ds_z3_config.json"
@@ -110,7 +111,11 @@ def test_dry_run_prints_command_and_environment(capsys, converted_data_dir):
     rc = train.main([CONFIG, f"dataset_dir={converted_data_dir}", "--dry-run", "--no-check"], environ=environ)
     out = capsys.readouterr().out
     assert rc == 0
-    assert f"$ .venv/bin/llamafactory-cli train {CONFIG} dataset_dir={converted_data_dir} deepspeed={DS}" in out
+    # 4 ranks keep the config's global batch of 16 (2 per device x 8 accumulation): accumulation 8 -> 2 per rank
+    assert ("train: 4 ranks (NPROC_PER_NODE=2 × NNODES=2): global batch 16 = 2 per device × 2 accumulation × 4 "
+            "ranks, as one process trains 16; per rank: `gradient_accumulation_steps` 8 → 2." in out)
+    assert (f"$ .venv/bin/llamafactory-cli train {CONFIG} dataset_dir={converted_data_dir} "
+            f"gradient_accumulation_steps=2 deepspeed={DS}" in out)
     assert ("env: NPROC_PER_NODE=2 NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 FORCE_TORCHRUN=1"
             in out)
 
@@ -122,5 +127,67 @@ def test_make_train_passes_the_variables_through():
                            "NPROC_PER_NODE=2", f"DEEPSPEED={DS}", "DRY_RUN=1"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert f"$ .venv/bin/llamafactory-cli train {CONFIG} num_train_epochs=1 deepspeed={DS}" in proc.stdout
+    assert (f"$ .venv/bin/llamafactory-cli train {CONFIG} num_train_epochs=1 gradient_accumulation_steps=4 "
+            f"deepspeed={DS}" in proc.stdout)
     assert "env: NPROC_PER_NODE=2 FORCE_TORCHRUN=1" in proc.stdout
+
+
+# ---- the batch split over ranks (pipelines.train.ranks) ----
+
+TINY = "conf/tiny_lora_cluener.yaml"
+
+
+@pytest.mark.parametrize("batch, accumulation, nproc, nnodes, expected", [
+    (4, 2, 2, 1, {"gradient_accumulation_steps": 1}),  # the accumulation takes the world size
+    (2, 8, 2, 2, {"gradient_accumulation_steps": 2}),
+    (8, 1, 2, 1, {"per_device_train_batch_size": 4}),  # accumulation 1: the per-device batch is divided
+    (8, 2, 4, 1, {"gradient_accumulation_steps": 1, "per_device_train_batch_size": 4}),  # both share it
+    (4, 8, 1, 1, {}),
+])
+def test_the_global_batch_is_one_process_s(batch, accumulation, nproc, nnodes, expected):
+    cfg = {"per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation}
+    split = ranks.per_rank(cfg, nproc, nnodes)
+    assert split == expected
+    world = nproc * nnodes
+    assert ranks.global_batch({**cfg, **split}, world) == batch * accumulation == ranks.global_batch(cfg)
+    # on the CPU the ranks talk over gloo, unless the config names a backend
+    cpu = ranks.per_rank({**cfg, "use_cpu": True}, nproc, nnodes)
+    assert cpu.get("ddp_backend") == ("gloo" if world > 1 else None)
+    assert "ddp_backend" not in ranks.per_rank({**cfg, "use_cpu": True, "ddp_backend": "mpi"}, nproc, nnodes)
+
+
+def test_world_size_and_defaults():
+    assert ranks.world_size({"NPROC_PER_NODE": "2", "NNODES": "3"}) == 6
+    assert ranks.world_size({"NPROC_PER_NODE": "", "NNODES": ""}) == 1
+    assert ranks.global_batch({}) == 8  # transformers' defaults: batch 8, accumulation 1
+
+
+def test_a_batch_the_ranks_cannot_share_is_refused_in_one_sentence(capsys, tiny_base_dir, converted_data_dir,
+                                                                    tmp_path):
+    environ = {**os.environ, "NPROC_PER_NODE": "2", "NNODES": "", "DRY_RUN": "1"}
+    rc = train.main([TINY, f"model_name_or_path={tiny_base_dir}", f"dataset_dir={converted_data_dir}",
+                     f"output_dir={tmp_path / 'out'}", "per_device_train_batch_size=3",
+                     "gradient_accumulation_steps=3", "--no-check"], environ=environ)
+    captured = capsys.readouterr()
+    assert rc == 1 and "$ " not in captured.out  # nothing launched, no command shown
+    assert captured.err.strip() == (
+        "train: `per_device_train_batch_size: 3` × `gradient_accumulation_steps: 3` is a global batch of 9, which "
+        "2 ranks (`NPROC_PER_NODE=2` × `NNODES=1`) cannot share without changing it; set "
+        "`gradient_accumulation_steps` to a multiple of 2 (e.g. `ARGS=\"gradient_accumulation_steps=6\"`, a global "
+        "batch of 18) or NPROC_PER_NODE × NNODES to a divisor of 9.")
+
+
+def test_dry_run_shows_the_split_on_the_cpu(capsys, tiny_base_dir, converted_data_dir, tmp_path):
+    environ = {**os.environ, "NPROC_PER_NODE": "2", "NNODES": "", "DRY_RUN": "1", "OMP_NUM_THREADS": ""}
+    rc = train.main([TINY, f"model_name_or_path={tiny_base_dir}", f"dataset_dir={converted_data_dir}",
+                     f"output_dir={tmp_path / 'out'}", "--no-check"], environ=environ)
+    out = capsys.readouterr().out
+    assert rc == 0
+    # the tiny config's batch 8 x accumulation 1: the per-device batch is halved, gloo on the CPU
+    assert ("train: 2 ranks (NPROC_PER_NODE=2 × NNODES=1, backend gloo): global batch 8 = 4 per device × 1 "
+            "accumulation × 2 ranks, as one process trains 8; per rank: `per_device_train_batch_size` 8 → 4." in out)
+    assert out.split("\n")[-3].endswith("per_device_train_batch_size=4 ddp_backend=gloo")
+    _, env = train.build_launch(TINY, [], environ)
+    from pipelines.common.device import usable_cores
+
+    assert env["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))  # the two ranks share the cores

@@ -1,0 +1,82 @@
+"""How a config's batch is split over several training ranks (DDP) so that the global batch stays one process's.
+
+A config's `per_device_train_batch_size` × `gradient_accumulation_steps` is read as the global batch of one
+optimizer step, as one process trains it. On `world_size` = NPROC_PER_NODE × NNODES ranks, `make train` keeps
+that global batch: the accumulation takes as much of the world size as it divides (each rank's memory stays the
+same), the per-device batch the rest; e.g. batch 4 × accumulation 8 on 2 ranks trains 4 × 4 per rank, batch 8 ×
+accumulation 1 on 2 ranks trains 4 × 1 per rank. A world size that does not divide the global batch is refused
+in one sentence (no split keeps it). On the CPU (`use_cpu`) the ranks talk over gloo (`ddp_backend=gloo`, unless
+the config sets one); on GPUs accelerate picks nccl.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pipelines.common.flags import config_flag
+from pipelines.train.config import CheckError
+
+BATCH = "per_device_train_batch_size"
+ACCUMULATION = "gradient_accumulation_steps"
+#: transformers' TrainingArguments defaults, for a config that leaves the keys out
+DEFAULTS = {BATCH: 8, ACCUMULATION: 1}
+
+
+class RankError(CheckError):
+    """A batch that the ranks cannot share without changing the global batch: one sentence."""
+
+
+def world_size(environ: Mapping[str, str]) -> int:
+    """NPROC_PER_NODE × NNODES of a launcher environment whose values were checked (`launch.build_launch`);
+    unset or empty is 1."""
+    return int(environ.get("NPROC_PER_NODE") or 1) * int(environ.get("NNODES") or 1)
+
+
+def _value(cfg: Mapping, key: str) -> int:
+    return int(cfg.get(key) or DEFAULTS[key])
+
+
+def global_batch(cfg: Mapping, world: int = 1) -> int:
+    """Samples per optimizer step: per-device batch × accumulation × world size."""
+    return _value(cfg, BATCH) * _value(cfg, ACCUMULATION) * world
+
+
+def per_rank(cfg: Mapping, nproc: int = 1, nnodes: int = 1) -> dict[str, Any]:
+    """The keys to override so that `nproc` × `nnodes` ranks train the config's one-process global batch (and
+    talk over gloo on the CPU); {} for one rank. Raises RankError when the world size does not divide it."""
+    world = nproc * nnodes
+    if world == 1:
+        return {}
+    batch, accumulation = _value(cfg, BATCH), _value(cfg, ACCUMULATION)
+    shared = math.gcd(accumulation, world)
+    rest = world // shared
+    if batch % rest:
+        total = batch * accumulation
+        raise RankError(f"`{BATCH}: {batch}` × `{ACCUMULATION}: {accumulation}` is a global batch of {total}, "
+                        f"which {world} ranks (`NPROC_PER_NODE={nproc}` × `NNODES={nnodes}`) cannot share without "
+                        f"changing it; set `{ACCUMULATION}` to a multiple of {world} (e.g. "
+                        f"`ARGS=\"{ACCUMULATION}={accumulation * world}\"`, a global batch of {total * world}) or "
+                        f"NPROC_PER_NODE × NNODES to a divisor of {total}.")
+    out: dict[str, Any] = {}
+    if shared > 1:
+        out[ACCUMULATION] = accumulation // shared
+    if rest > 1:
+        out[BATCH] = batch // rest
+    if config_flag(cfg, "use_cpu") and not cfg.get("ddp_backend"):
+        out["ddp_backend"] = "gloo"
+    return out
+
+
+def describe(cfg: Mapping, split: Mapping[str, Any], nproc: int, nnodes: int) -> str:
+    """One line for the launcher's output: how the global batch is split over the ranks."""
+    world = nproc * nnodes
+    merged = {**cfg, **split}
+    per = _value(merged, BATCH)
+    acc = _value(merged, ACCUMULATION)
+    changed = ", ".join(f"`{k}` {_value(cfg, k)} → {v}" for k, v in split.items() if k in DEFAULTS) or "nothing"
+    backend = f", backend {merged['ddp_backend']}" if merged.get("ddp_backend") else ""
+    return (f"train: {world} ranks (NPROC_PER_NODE={nproc} × NNODES={nnodes}{backend}): global batch "
+            f"{global_batch(merged, world)} = {per} per device × {acc} accumulation × {world} ranks, as one process "
+            f"trains {global_batch(cfg)}; per rank: {changed}.")
