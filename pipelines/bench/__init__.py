@@ -1,6 +1,6 @@
 """`make bench`: the pipeline against the seeds' way, side by side.
 
-    python -m pipelines bench [train|eval|convert|constrained|ranks|setup|all|report] [--repeats 3] [--quick]
+    python -m pipelines bench [train|train_options|eval|convert|constrained|significance|router|ranks|setup|all|report] [--repeats 3] [--quick]
 
 Each benchmark runs both sides in one run on the same tiny model, data and settings, repeats, prints a table
 and writes `bench/results/<name>.json`: per side the median, min and max of each figure, and a top-level
@@ -14,6 +14,7 @@ Such a result, copied to `bench/results/gpu/train.json`, gets its own section in
 Modules: `measure` (summaries, tables, child processes with their peak RSS), `seeds` (the seeds' hand-written
 training loop, one-at-a-time `generate` and converter, re-implemented), `data` (CLUENER converted into a
 temporary folder, never into the repository), `server` (a vLLM server through `pipelines.serve`), the
-benchmarks `train`, `eval`, `convert`, `constrained`, `ranks` (1 rank against 2: the same global batch and loss;
+benchmarks `train`, `eval`, `convert`, `constrained`, `significance`, `router` (2 replicas behind vllm-router against one
+server directly), `ranks` (1 rank against 2: the same global batch and loss;
 samples/s on shared cores), `setup`, and `report` (BENCHMARKS.md).
 """
