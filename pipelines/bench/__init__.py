@@ -14,7 +14,7 @@ Such a result, copied to `bench/results/gpu/train.json`, gets its own section in
 Modules: `measure` (summaries, tables, child processes with their peak RSS), `seeds` (the seeds' hand-written
 training loop, one-at-a-time `generate` and converter, re-implemented), `data` (CLUENER converted into a
 temporary folder, never into the repository), `server` (a vLLM server through `pipelines.serve`), the
-benchmarks `train`, `eval`, `convert`, `constrained`, `significance`, `router` (2 replicas behind vllm-router against one
-server directly), `ranks` (1 rank against 2: the same global batch and loss;
-samples/s on shared cores), `setup`, and `report` (BENCHMARKS.md).
+benchmarks `train`, `eval`, `convert`, `constrained`, `significance`, `router` (2 replicas behind vllm-router
+against one server directly), `ranks` (1 rank against 2: the same global batch and loss; samples/s on shared
+cores), `setup`, and `report` (BENCHMARKS.md).
 """
