@@ -21,6 +21,6 @@ def vllm_image_tag(version: str = VLLM_GPU_VERSION) -> str:
 #: vllm-router, the vLLM project's router before `replicas: N` servers: in .venv-vllm's locks (pipelines/venvs.py)
 #: and, at the same release, the compose bundle's router service.
 VLLM_ROUTER_VERSION = "0.1.17"
-#: The router service's image. ASSUMED name: the vLLM project's `vllm/<name>:v<release>` convention (as
-#: `vllm/vllm-openai:v0.32.0`); no published image could be checked from here, so the bundle README says so.
-VLLM_ROUTER_IMAGE = "vllm/vllm-router"
+#: The compose bundle builds its router image itself (`router/Dockerfile`: this base plus the pinned wheel from
+#: PyPI): the vLLM project publishes vllm-router on PyPI, and no registry image of it could be checked from here.
+ROUTER_BASE_IMAGE = "python:3.11-slim"

@@ -90,6 +90,8 @@ def deploy(config: str | Path, target: str, out: Path | None = None, urls: list[
     if target == "k8s" and (len(url_of) < len(adapters) or is_local(cfg.model)):
         docs["push-pod.yaml"] = render.push_pod(render.k8s_name(cfg.served_model_name))
     files = {name: _yaml(doc, cfg.source, target) for name, doc in docs.items()}
+    if target == "compose" and cfg.replicas > 1:
+        files["router/Dockerfile"] = render.ROUTER_DOCKERFILE
     files["README.md"] = readme(cfg, adapters, target, url_of, config)
     marker = {"pipelines_bundle": 1, "config": str(config), "config_path": str(Path(config).resolve()),
               "target": target, "served_model_name": cfg.served_model_name, "image": ":".join(render.image(cfg)),
@@ -219,12 +221,11 @@ def readme(cfg: ServeConfig, adapters: list[AdapterInfo], target: str, urls: dic
                 f"published on {cfg.publish_host}" if cfg.replicas == 1 else
                 f"{cfg.replicas} vLLM containers (`vllm-0` …, {cfg.gpu_count} NVIDIA GPU(s) each, GPUs "
                 f"0-{cfg.replicas * cfg.gpu_count - 1} of the host, NVIDIA Container Toolkit) behind the `router` "
-                f"service (image `{render.router_image()}`, vllm-router {VLLM_ROUTER_VERSION}, the release "
-                f"`make serve REPLICAS=` runs; policy `{cfg.routing}`), which alone publishes port {cfg.port} on "
-                f"{cfg.publish_host}. The router's image name is assumed from the vLLM project's "
-                "`vllm/<name>:v<release>` convention: check it exists (`docker pull`) or set the `router` service's "
-                "image to one you build (`pip install vllm-router==" + VLLM_ROUTER_VERSION + "`, entrypoint "
-                "`vllm-router`). The router forwards each request's API key; every replica checks it")
+                f"service (vllm-router {VLLM_ROUTER_VERSION}, the release `make serve REPLICAS=` runs; policy "
+                f"`{cfg.routing}`), which alone publishes port {cfg.port} on {cfg.publish_host}. `docker compose "
+                f"up` builds the router's image `{render.ROUTER_IMAGE}` from `router/Dockerfile` (the vLLM "
+                "project ships vllm-router on PyPI: the pinned wheel on a Python image; the build needs PyPI). "
+                "The router forwards each request's API key; every replica checks it")
         section("Start", *sums, "export VLLM_API_KEY=…", "docker compose up -d",
                 "docker compose ps                  # `healthy` once /health answers",
                 text=f"{what}; {model}; `adapters/` is mounted read-only at `{render.ADAPTERS_MOUNT}`.")
@@ -318,6 +319,7 @@ def write_bundle(out: Path, files: dict[str, str], adapters: list[AdapterInfo]) 
         if adapters:
             (tmp / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
         for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text, encoding="utf-8")
         umask = os.umask(0)
         os.umask(umask)

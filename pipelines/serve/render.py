@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipelines.common.paths import is_local
-from pipelines.common.versions import VLLM_IMAGE, VLLM_ROUTER_IMAGE, VLLM_ROUTER_VERSION, vllm_image_tag
+from pipelines.common.versions import ROUTER_BASE_IMAGE, VLLM_IMAGE, VLLM_ROUTER_VERSION, vllm_image_tag
 from pipelines.serve.config import AdapterInfo, ServeConfig, ServeConfigError, flag_name, model_arg
 from pipelines.serve.router import router_args
 from pipelines.serve.vllm_args import build_command, build_env
@@ -67,9 +67,12 @@ def container_args(cfg: ServeConfig, adapters: list[AdapterInfo], adapter_root: 
 # ---------------------------------------------------------------- Docker Compose
 
 
-def router_image() -> str:
-    """The compose bundle's router service image: vllm-router at the release of .venv-vllm's lock."""
-    return f"{VLLM_ROUTER_IMAGE}:{vllm_image_tag(VLLM_ROUTER_VERSION)}"
+#: The compose bundle's router image, built from the bundle's `router/Dockerfile` (`ROUTER_DOCKERFILE`).
+ROUTER_IMAGE = f"pipelines-vllm-router:{VLLM_ROUTER_VERSION}"
+#: `router/Dockerfile`: vllm-router at the release of .venv-vllm's lock, from PyPI (a manylinux wheel).
+ROUTER_DOCKERFILE = (f"FROM {ROUTER_BASE_IMAGE}\n"
+                     f"RUN pip install --no-cache-dir vllm-router=={VLLM_ROUTER_VERSION}\n"
+                     'ENTRYPOINT ["vllm-router"]\n')
 
 
 def render_compose(cfg: ServeConfig, adapters: list[AdapterInfo]) -> dict:
@@ -118,7 +121,8 @@ def render_compose(cfg: ServeConfig, adapters: list[AdapterInfo]) -> dict:
                 for i in range(cfg.replicas)}
     urls = [f"http://{s}:{cfg.port}" for s in services]
     services["router"] = {  # the key reaches the replicas in each request's header, which the router forwards
-        "image": router_image(),
+        "image": ROUTER_IMAGE,
+        "build": {"context": "./router"},  # router/Dockerfile (ROUTER_DOCKERFILE), written beside compose.yaml
         "command": router_args(cfg, urls, host="0.0.0.0"),
         "ports": published,
         "restart": "unless-stopped",

@@ -171,14 +171,18 @@ def test_compose_with_two_replicas_renders_them_behind_the_router(kind, adapters
         assert svc["deploy"]["resources"]["reservations"]["devices"] == [
             {"driver": "nvidia", "device_ids": [str(2 * i), str(2 * i + 1)], "capabilities": ["gpu"]}]
     router = doc["services"]["router"]
-    assert router["image"] == "vllm/vllm-router:v0.1.17" and router["ports"] == one["ports"]
+    assert router["build"] == {"context": "./router"} and router["ports"] == one["ports"]
+    dockerfile = (out / "router" / "Dockerfile").read_text().splitlines()
+    assert dockerfile[1] == "RUN pip install --no-cache-dir vllm-router==0.1.17" and dockerfile[2] == 'ENTRYPOINT ["vllm-router"]'
+    assert router["image"] == "pipelines-vllm-router:0.1.17"
+    assert not (tmp_path / "one" / "b" / "router").exists()
     assert router["depends_on"] == {f"vllm-{i}": {"condition": "service_healthy"} for i in (0, 1)}
     _, args = flags(router["command"])
     assert args["--worker-urls"] == ["http://vllm-0:8000", "http://vllm-1:8000"]
     assert args["--policy"] == ["round_robin"] and args["--host"] == ["0.0.0.0"] and args["--port"] == ["8000"]
     assert "--api-key" not in args and "VLLM_API_KEY" not in router.get("environment", {})
     text = (out / "README.md").read_text()
-    assert "vllm/vllm-router:v0.1.17" in text and "TARGET=k8s" in text
+    assert "router/Dockerfile" in text and "vllm-router 0.1.17" in text and "TARGET=k8s" in text
 
 
 # ---------------------------------------------------------------- k8s
