@@ -48,6 +48,25 @@ def has_cuda(env: Mapping[str, str] | None = None) -> bool:
     return out.returncode == 0 and "GPU" in out.stdout
 
 
+def visible_gpus(env: Mapping[str, str] | None = None, listing: str | None = None) -> int:
+    """How many GPUs a process started with `env` sees (`torch.cuda.device_count()` without torch): the entries of
+    CUDA_VISIBLE_DEVICES when it is set, else the `GPU` lines of `nvidia-smi -L` (`listing`); 0 without CUDA."""
+    env = os.environ if env is None else env
+    if listing is None:
+        if not has_cuda(env):
+            return 0
+        smi = shutil.which("nvidia-smi") or "nvidia-smi"
+        try:
+            listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return 0
+    found = sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return min(found, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return found
+
+
 # CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic: AVX512-BF16 and AMX on x86, BF16 on Arm
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 

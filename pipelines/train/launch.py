@@ -295,6 +295,11 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
                   "here; training in fp32 (`bf16=false`).", flush=True)
             args.overrides += extra
             cfg = {**cfg, "bf16": False}
+        gpus = 0 if config_flag(cfg, "use_cpu") or environ.get("NPROC_PER_NODE") else device.visible_gpus(environ)
+        if gpus > 1:  # LLaMA-Factory would start one rank per GPU by itself; the split must know of them
+            print(f"train: {gpus} GPUs visible and NPROC_PER_NODE unset: NPROC_PER_NODE={gpus} (one rank per GPU, "
+                  "as LLaMA-Factory starts them; set NPROC_PER_NODE=1 or CUDA_VISIBLE_DEVICES for fewer).", flush=True)
+            environ = {**environ, "NPROC_PER_NODE": str(gpus)}
         nproc, nnodes = _int_var(environ, "NPROC_PER_NODE", 1) or 1, _int_var(environ, "NNODES", 1) or 1
         split = ranks.per_rank(cfg, nproc, nnodes)
         if nproc * nnodes > 1:

@@ -191,3 +191,13 @@ def test_dry_run_shows_the_split_on_the_cpu(capsys, tiny_base_dir, converted_dat
     from pipelines.common.device import usable_cores
 
     assert env["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))  # the two ranks share the cores
+
+
+def test_visible_gpus_counts_nvidia_smi_lines_within_cuda_visible_devices():
+    from pipelines.common.device import visible_gpus
+
+    listing = "GPU 0: NVIDIA H100 (UUID: a)\nGPU 1: NVIDIA H100 (UUID: b)\nGPU 2: NVIDIA H100 (UUID: c)\n"
+    assert visible_gpus({}, listing) == 3
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,2"}, listing) == 2
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, listing) == 0
+    assert visible_gpus({"PIPELINES_DEVICE": "cpu"}) == 0
