@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common.errors import PipelinesError
-from pipelines.common.paths import rel
+from pipelines.common.paths import rel, resolve
 
 KINDS = ("tensorboard", "swanlab", "none")
 TRACKER_DIR = "tracker"
@@ -129,3 +129,46 @@ def swanlab_series(logdir: str | Path, run_id: str | None = None) -> dict[str, l
                     row = json.loads(line)
                     out.setdefault(name, []).append((int(row["index"]), row["data"]))
     return out
+
+
+# ---------------------------------------------------------------------------------------- logging into a run
+
+
+def log(tracked: Mapping[str, Any], scalars: Mapping[str, list[tuple[int, float]]],
+        texts: Mapping[str, list[tuple[int, str]]]) -> None:
+    """Log `scalars` and `texts` (tag → [(step, value)]) into the run of the manifest's `tracker` entry: TensorBoard
+    into the same log folder (a new event file of the same run), SwanLab into its local run, resumed by its id
+    (SwanLab's local mode keeps the resumed part as a second folder of that id)."""
+    folder = resolve(str(tracked["dir"]))
+    if tracked["kind"] == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(folder))
+        try:
+            for tag, points in scalars.items():
+                for step, value in points:
+                    writer.add_scalar(tag, value, step)
+            for tag, points in texts.items():
+                for step, text in points:
+                    writer.add_text(tag, text, step)
+        finally:
+            writer.close()
+        return
+    if tracked["kind"] != "swanlab":
+        return
+    import os
+
+    os.environ["SWANLAB_MODE"] = "local"
+    import swanlab
+
+    run_id = tracked.get("id")
+    swanlab.init(project=SWANLAB_PROJECT, mode="local", logdir=str(folder), id=run_id,
+                 resume="must" if run_id else None, experiment_name=tracked.get("run"))
+    try:
+        steps = sorted({s for pts in [*scalars.values(), *texts.values()] for s, _ in pts})
+        for step in steps:
+            row: dict[str, Any] = {t: v for t, pts in scalars.items() for s, v in pts if s == step}
+            row.update({t: swanlab.Text(v) for t, pts in texts.items() for s, v in pts if s == step})
+            swanlab.log(row, step=step)
+    finally:
+        swanlab.finish()
