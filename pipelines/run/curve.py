@@ -32,13 +32,13 @@ from pipelines.eval.compare import mark_ties
 from pipelines.eval.predictions import load_done, predictions_path
 from pipelines.eval.scoring import parse_entities
 from pipelines.run import curve_report
+from pipelines.run.curve_report import CURVE_DIR
 from pipelines.run.served import ServedError, score_adapters, serve_config_for
 from pipelines.serve.client import ServeError
 from pipelines.train import trackers
 from pipelines.train.grid import task_name
 from pipelines.train.manifest import git_revision, read_manifest
 
-CURVE_DIR = "curve"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_SAMPLES = 3

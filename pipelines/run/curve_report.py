@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+CURVE_DIR = "curve"  # OUT/curve/ of a training run
+
 
 def _f(v: Any) -> str:
     return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
