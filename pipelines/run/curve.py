@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     best = curve["best"]
     if best:
         tied = f"; tied with it (p ≥ 0.05): {', '.join(curve['ties'])}" if curve["ties"] else ""
-        print(f"\ncurve: best epoch {best['epoch']} (`{best['checkpoint']}`, step {best['step']}) by "
+        print(f"\ncurve: best epoch {curve_report.epoch(best['epoch'])} (`{best['checkpoint']}`, step {best['step']}) "
+              f"by "
               f"{curve['main_metric']}{tied}")
     print(f"curve: wrote {rel(out / 'curve.json')}, curve.png, samples.md"
           + (f"; logged into {curve['tracker']}" if curve.get("tracker") else ""))

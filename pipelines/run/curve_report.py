@@ -17,6 +17,11 @@ def _f(v: Any) -> str:
     return "–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def epoch(v: Any) -> str:
+    """An epoch as the Trainer counts it: `3`, `1.5`."""
+    return f"{v:g}" if isinstance(v, (int, float)) else _f(v)
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -30,7 +35,7 @@ def curve_table(curve: dict[str, Any]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in curve["rows"]:
         mark = "**best**" if r["checkpoint"] == best else ("tied" if r.get("tied_with_best") else "")
-        cells = [_f(r["epoch"]), _f(r["step"]), f"`{r['checkpoint']}`", _f(r["loss"]), _f(r["eval_loss"]),
+        cells = [epoch(r["epoch"]), _f(r["step"]), f"`{r['checkpoint']}`", _f(r["loss"]), _f(r["eval_loss"]),
                  _f((r.get("metrics") or {}).get(key)),
                  *([_f((r.get("constrained") or {}).get(key))] if has_c else []), mark]
         lines.append("| " + " | ".join(cells) + " |")
@@ -43,7 +48,7 @@ def curve_markdown(curve: dict[str, Any]) -> str:
              f"Every checkpoint scored on `{curve['data']}` ({curve['n']} records); `{curve['command']}` at commit "
              f"{curve.get('commit') or 'unknown'}.", "", *curve_table(curve), ""]
     if best:
-        lines.append(f"Best: epoch {_f(best['epoch'])} (`{best['checkpoint']}`) by {curve['main_metric']}"
+        lines.append(f"Best: epoch {epoch(best['epoch'])} (`{best['checkpoint']}`) by {curve['main_metric']}"
                      + (f"; tied with it (p ≥ 0.05): {', '.join(f'`{t}`' for t in curve['ties'])}." if curve.get("ties")
                         else "."))
     return "\n".join(lines) + "\n"
@@ -60,7 +65,7 @@ def samples_markdown(curve: dict[str, Any], samples: list[dict[str, Any]]) -> st
                   "", "| epoch | answer | parsed | format |", "|---|---|---|---|"]
         for a in s["answers"]:
             yes = {True: "yes", False: "no", None: "–"}
-            lines.append(f"| {_f(a['epoch'])} | `{_cell(a['answer'])}` | {yes[a['parsed']]} | {yes[a['obeyed']]} |")
+            lines.append(f"| {epoch(a['epoch'])} | `{_cell(a['answer'])}` | {yes[a['parsed']]} | {yes[a['obeyed']]} |")
         lines.append("")
     return "\n".join(lines)
 

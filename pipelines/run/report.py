@@ -23,7 +23,7 @@ from pipelines.eval import tasks
 from pipelines.eval.compare import oriented
 from pipelines.eval.report import CONSTRAINED, EXAMPLES, difference, figure
 from pipelines.eval.report import columns as report_columns
-from pipelines.run.curve_report import CURVE_DIR, curve_table
+from pipelines.run.curve_report import CURVE_DIR, curve_table, epoch
 
 #: What "better" means in a criterion: the difference's interval (metrics.json's `comparisons`) lies above 0.
 BETTER = "better means the 95% interval of the difference (paired bootstrap over the records) lies above 0"
@@ -174,7 +174,7 @@ def curve_lines(run_dir: Path, task: str) -> list[str]:
     lines = ["", f"### `{task}`: every epoch's checkpoint ({curve['n']} validation records, `make curve`)", "",
              *curve_table(curve), ""]
     if best:
-        lines.append(f"Best epoch: {best['epoch']} (`{best['checkpoint']}`) by {curve['main_metric']}"
+        lines.append(f"Best epoch: {epoch(best['epoch'])} (`{best['checkpoint']}`) by {curve['main_metric']}"
                      + (f"; tied with it (p ≥ 0.05): {', '.join(f'`{t}`' for t in curve['ties'])}." if curve.get("ties")
                         else "."))
     if (folder / "curve.png").is_file():

@@ -46,7 +46,7 @@ from pipelines.train import check, config, trackers
 from pipelines.train.manifest import write_manifest
 
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
-CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
+CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN", "TRACKER")  # ours; not passed on to LLaMA-Factory
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it
 
@@ -288,7 +288,7 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
             if ckpt is None:
                 saves = str(cfg.get("save_strategy", "steps")).lower()
                 why = (" (the config saves none: `save_strategy: no`; set `save_strategy=steps save_steps=N`)"
-                       if saves == "no" else "")
+                       if saves == "no" else f" (`save_strategy: {saves}`: none was saved yet)")
                 raise TrainError(f"`RESUME=1` but `{cfg['output_dir']}` holds no `checkpoint-N`{why}; "
                                  "run without RESUME to start over.")
             resume_from = rel(ckpt)
