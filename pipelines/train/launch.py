@@ -11,9 +11,8 @@ Environment (the Makefile passes these through):
                              reads them when FORCE_TORCHRUN=1; that is set when NPROC_PER_NODE > 1, NNODES > 1
                              or DEEPSPEED is given. Empty values (as `make` exports unset variables) are dropped.
     DRY_RUN=1                print the command and the launcher's environment, run nothing
-    TRACKER=tensorboard|swanlab|none
-                             where the loss is logged, offline (`pipelines.train.trackers`); unset: the config's
-                             `report_to`. The log folder is printed and kept in the manifest's `tracker`.
+    TRACKER=tensorboard|swanlab|none   where the loss is logged, offline (`pipelines.train.trackers`); unset: the
+                             config's `report_to`. Its log folder is printed and kept in the manifest's `tracker`.
 
 Ctrl-C stops the training (SIGTERM to llamafactory-cli and what it started, SIGKILL after a grace period) and
 ends with one line: the checkpoints kept in `output_dir`, how to resume them, and the manifest, written with exit
@@ -235,8 +234,7 @@ def _tracker(args: argparse.Namespace, cfg: dict, output_dir: Path,
     extra, env, where = trackers.plan(kind, output_dir, trackers.stamp())
     args.overrides += extra
     cfg = {**cfg, **dict(o.split("=", 1) for o in extra)}
-    if where.get("dir"):
-        print(f"train: TRACKER={kind}: logging to {rel(where['dir'])}", flush=True)
+    print(f"train: TRACKER={kind}: logging to {rel(where['dir']) if where['dir'] else 'nothing'}", flush=True)
     return cfg, where, env
 
 
