@@ -50,7 +50,8 @@ def test_tensorboard_run_holds_the_loss_and_the_manifest_names_it(tensorboard_ru
     scalars = trackers.tensorboard_scalars(tracked["dir"])
     steps = [s for s, _ in scalars["train/loss"]]
     assert steps == sorted(steps) and len(steps) == manifest["results"]["global_step"]  # logging_steps=1
-    assert len(scalars["eval/loss"]) == CURVE_EPOCHS  # eval_strategy: epoch
+    # eval_strategy: epoch, then do_eval's final one
+    assert [s for s, _ in scalars["eval/loss"]] == [6 * e for e in range(1, CURVE_EPOCHS + 1)] + [6 * CURVE_EPOCHS]
     # the tracker's keys do not make the run stale: the same config without TRACKER is this run
     assert stale_reason(tensorboard_run, {k: v for k, v in manifest["config"].items()
                                           if k not in trackers.TRACKER_KEYS}) is None
@@ -70,7 +71,7 @@ def test_swanlab_local_run_holds_the_loss(tmp_path, tiny_base_dir, converted_dat
     assert tracked["kind"] == "swanlab" and tracked["run"].endswith(tracked["id"])
     series = trackers.swanlab_series(tracked["dir"], tracked["id"])
     assert len(series["train/loss"]) == 12 and all(isinstance(v, float) for _, v in series["train/loss"])
-    assert [s for s, _ in series["eval/loss"]] == [6, 12]
+    assert [s for s, _ in series["eval/loss"]] == [6, 12]  # SwanLab keeps one value a step
     # curve figures logged later land in the same local run (resumed by its id)
     trackers.log(tracked, {"curve/micro_f1": [(6, 0.25), (12, 0.5)]}, {"curve/samples": [(12, "hello")]})
     series = trackers.swanlab_series(tracked["dir"], tracked["id"])
