@@ -92,12 +92,15 @@ def plan(profile_name: str, model: str | None, run_dir: Path, port: int, raw: di
         stages.append(Stage(f"data-{t}", [*CLI, "convert", t, "--raw", raw.get(t) or RAW_DEFAULTS[t],
                                           "--out-dir", "data"]))
     limit = [f"max_samples={samples}"] if samples else []
-    ranks = []
+    ranks, per_epoch = [], []
     for t in names:
         config = sized(p.configs[t], model)
         argv = [*CLI, "train", config, f"model_name_or_path={model}", f"output_dir={adapters[t]}", *limit]
         stages.append(Stage(f"train-{t}", argv, show=[*argv, "--dry-run", "--no-check"]))
-        ranks.append(int(yaml.safe_load((ROOT / config).read_text(encoding="utf-8")).get("lora_rank") or 8))
+        train_cfg = yaml.safe_load((ROOT / config).read_text(encoding="utf-8"))
+        ranks.append(int(train_cfg.get("lora_rank") or 8))
+        if str(train_cfg.get("save_strategy")) == "epoch":
+            per_epoch.append(t)
     serve_cfg = yaml.safe_load((ROOT / p.serve_config).read_text(encoding="utf-8"))
     # runtime LoRA updating: the curve stage loads the NER adapter's checkpoints into this server
     serve_cfg.update(model=model, served_model_name=p.base_name, adapters=adapters, port=port,
@@ -114,7 +117,8 @@ def plan(profile_name: str, model: str | None, run_dir: Path, port: int, raw: di
         stages.append(Stage(f"eval-{t}", [*CLI, "eval", "--base-url", url, "--task", t,
                                           "--data", tasks.get(t).val_data(), "--model", p.base_name, "--model", t,
                                           "--out", str(run_dir / f"eval-{t}"), "--tokenizer", model, *lim, *both]))
-    for t in [t for t in names if tasks.get(t).kind == "ner"][:1]:  # the NER adapter's every epoch, same server
+    # the NER adapter's every epoch on the same server, where its config saves a checkpoint per epoch (the tiny one)
+    for t in [t for t in per_epoch if tasks.get(t).kind == "ner"][:1]:
         stages.append(Stage(f"curve-{t}", [*CLI, "curve", adapters[t], "--attach", "--serve", str(serve_path),
                                            "--port", str(port), *lim]))
     stages.append(Stage("serve-stop", [*CLI, "serve", "stop", str(serve_path), "--port", str(port)], always=True))

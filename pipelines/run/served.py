@@ -60,8 +60,7 @@ def served_cards(previous: dict[str, Any] | None, models: list[str]) -> dict[str
 
 @dataclass(frozen=True)
 class Scored:
-    """What `score_adapters` gives back: the evaluator's metrics, how it ran, and the answers (None when the
-    evaluator was only asked for figures)."""
+    """What `score_adapters` gives back: the evaluator's metrics and how it ran (server, requests, seconds)."""
 
     metrics: dict[str, Any]
     info: dict[str, Any]
@@ -95,7 +94,8 @@ def score_adapters(task: str, data: str, adapters: dict[str, str], eval_dir: Pat
                                echo=lambda s: None, **kwargs)
             echo(f"every answer is saved for these weights; scored {len(models)} models without a server")
             asked = previous_info or {}
-            kept = {k: asked[k] for k in ("max_loras", "seconds", "requests", "requests_per_s") if k in asked}
+            kept: dict[str, Any] = {k: asked[k] for k in ("max_loras", "seconds", "requests", "requests_per_s")
+                                    if k in asked}
             return Scored(metrics, {"base": base, "max_loras": scfg.max_loras, **kept, "requests_sent": 0,
                                     "server": "not started (all answers saved; requests/s of the run that asked "
                                               "for them)"})

@@ -148,8 +148,8 @@ def log(tracked: Mapping[str, Any], scalars: Mapping[str, list[tuple[int, float]
             for tag, points in scalars.items():
                 for step, value in points:
                     writer.add_scalar(tag, value, step)
-            for tag, points in texts.items():
-                for step, text in points:
+            for tag, lines in texts.items():
+                for step, text in lines:
                     writer.add_text(tag, text, step)
         finally:
             writer.close()
@@ -165,7 +165,7 @@ def log(tracked: Mapping[str, Any], scalars: Mapping[str, list[tuple[int, float]
     swanlab.init(project=SWANLAB_PROJECT, mode="local", logdir=str(folder), id=run_id,
                  resume="must" if run_id else None, experiment_name=tracked.get("run"))
     try:
-        steps = sorted({s for pts in [*scalars.values(), *texts.values()] for s, _ in pts})
+        steps = sorted({s for pts in scalars.values() for s, _ in pts} | {s for pts in texts.values() for s, _ in pts})
         for step in steps:
             row: dict[str, Any] = {t: v for t, pts in scalars.items() for s, v in pts if s == step}
             row.update({t: swanlab.Text(v) for t, pts in texts.items() for s, v in pts if s == step})
