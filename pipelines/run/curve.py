@@ -130,9 +130,9 @@ def samples(records: list[dict[str, str]], rows: list[dict[str, Any]], eval_dir:
     return out
 
 
-def tracker_payload(curve: dict[str, Any], spec: tasks.Task, sample_md: str) -> tuple[dict, dict]:
+def tracker_payload(curve: dict[str, Any], spec: tasks.Task, picked: list[dict[str, Any]]) -> tuple[dict, dict]:
     """(scalars, texts) to log: `curve/<metric>` and `curve/constrained/<metric>` at each checkpoint's step, and
-    each step's answers to the sample records."""
+    at each step that checkpoint's answers to the sample records (`curve/samples`)."""
     metrics = list(dict.fromkeys([spec.main_metric, *spec.summary]))
     scalars: dict[str, list[tuple[int, float]]] = {}
     for r in curve["rows"]:
@@ -141,23 +141,18 @@ def tracker_payload(curve: dict[str, Any], spec: tasks.Task, sample_md: str) -> 
                 v = (r.get(side) or {}).get(m)
                 if isinstance(v, (int, float)):
                     scalars.setdefault(f"{prefix}/{m}", []).append((r["step"], float(v)))
-    texts = {"curve/samples": [(r["step"], _step_text(sample_md, r["checkpoint"])) for r in curve["rows"]]}
+    texts = {"curve/samples": [(r["step"], curve_report.step_markdown(r["checkpoint"], picked))
+                               for r in curve["rows"]]}
     return scalars, texts
 
 
-def _step_text(sample_md: str, checkpoint: str) -> str:
-    """The samples' table rows of one checkpoint (its answers), for the tracker's text at its step."""
-    lines = [ln for ln in sample_md.splitlines() if ln.startswith("## ")]
-    return f"{checkpoint}: answers to {', '.join(ln[3:] for ln in lines)} (OUT/curve/samples.md)\n\n" + sample_md
-
-
 def log_to_tracker(out: Path, manifest: dict[str, Any] | None, curve: dict[str, Any], spec: tasks.Task,
-                   sample_md: str, echo=print) -> str | None:
+                   picked: list[dict[str, Any]], echo=print) -> str | None:
     """Log the curve into the run's tracker once (a digest of what was logged is kept); where, or None."""
     tracked = (manifest or {}).get("tracker")
     if not tracked or tracked.get("kind") not in ("tensorboard", "swanlab"):
         return None
-    scalars, texts = tracker_payload(curve, spec, sample_md)
+    scalars, texts = tracker_payload(curve, spec, picked)
     digest = json_sha256({"tracker": tracked, "scalars": scalars, "texts": texts})
     path = out / CURVE_DIR / LOGGED
     if (read_json(path) or {}).get("digest") == digest:
@@ -203,7 +198,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     records = load_records(data, args.limit)
     picked = samples(records, curve["rows"], curve_dir / "eval", spec, data, args.samples)
     sample_md = curve_report.samples_markdown(curve, picked)
-    curve["tracker"] = log_to_tracker(out, manifest, curve, spec, sample_md)
+    curve["tracker"] = log_to_tracker(out, manifest, curve, spec, picked)
     write_json(curve_dir / "curve.json", curve)
     atomic_write(curve_dir / "samples.md", sample_md)
     atomic_write(curve_dir / "curve.md", curve_report.curve_markdown(curve))

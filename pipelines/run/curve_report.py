@@ -70,6 +70,19 @@ def samples_markdown(curve: dict[str, Any], samples: list[dict[str, Any]]) -> st
     return "\n".join(lines)
 
 
+def step_markdown(checkpoint: str, samples: list[dict[str, Any]]) -> str:
+    """One checkpoint's answers to the sample records: the tracker's text at its step."""
+    yes = {True: "yes", False: "no", None: "–"}
+    lines = [f"`{checkpoint}`: its answers to the sample records (all epochs: curve/samples.md)", "",
+             "| record | gold | answer | parsed | format |", "|---|---|---|---|---|"]
+    for s in samples:
+        for a in s["answers"]:
+            if a["checkpoint"] == checkpoint:
+                lines.append(f"| `{s['id']}` | `{_cell(s['gold'])}` | `{_cell(a['answer'])}` | {yes[a['parsed']]} | "
+                             f"{yes[a['obeyed']]} |")
+    return "\n".join(lines)
+
+
 def plot(curve: dict[str, Any], path: Path) -> Path | None:
     """curve.png: the main metric (plain, constrained) and the losses per epoch; None without matplotlib."""
     try:

@@ -103,6 +103,21 @@ def tensorboard_scalars(folder: str | Path) -> dict[str, list[tuple[int, float]]
     return out
 
 
+def tensorboard_texts(folder: str | Path) -> dict[str, list[tuple[int, str]]]:
+    """tag → [(step, text)] of the text summaries (`add_text`) of every event file in `folder`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, str]]] = {}
+    for f in sorted(Path(folder).glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(f), size_guidance={"tensors": 0})
+        acc.Reload()
+        for tag in acc.Tags().get("tensors", []):
+            if tag.endswith("/text_summary"):
+                out.setdefault(tag.removesuffix("/text_summary"), []).extend(
+                    (e.step, e.tensor_proto.string_val[0].decode("utf-8")) for e in acc.Tensors(tag))
+    return out
+
+
 def swanlab_series(logdir: str | Path, run_id: str | None = None) -> dict[str, list[tuple[int, Any]]]:
     """key → [(step, value)] of SwanLab's local runs in `logdir` (those of `run_id` only when given): the keys from
     its `runs.swanlab` database (`tag`: name → folder), the values from each run's `logs/<folder>/*.log` lines. A

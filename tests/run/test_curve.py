@@ -71,6 +71,9 @@ def test_curve_scores_every_checkpoint_and_logs_into_the_runs_tensorboard(curved
     assert [s for s, _ in logged] == [r["step"] for r in data["rows"]]
     assert [v for _, v in logged] == pytest.approx([r["metrics"]["micro_f1"] for r in data["rows"]])
     assert [s for s, _ in scalars["curve/constrained/micro_f1"]] == [6, 12, 18]
+    texts = trackers.tensorboard_texts(tracked["dir"])["curve/samples"]  # each checkpoint's answers at its step
+    assert [s for s, _ in texts] == [6, 12, 18] and all(f"`checkpoint-{s}`" in t for s, t in texts)
+    assert all(f"`{r['id']}`" in texts[0][1] for r in json.loads(Path(data["data"]).read_text(encoding="utf-8"))[:3])
 
 
 @pytest.mark.slow
