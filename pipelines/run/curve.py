@@ -62,6 +62,7 @@ def check_run(out: Path, found: list[Path], manifest: dict[str, Any] | None) -> 
     cfg = (manifest or {}).get("config") or {}
     if len(found) < 2:
         saves = cfg.get("save_strategy", "steps")
+        saves = "no" if saves is False else saves  # `save_strategy=no` on the command line reads as false
         raise CurveError(f"`{rel(out)}` holds {len(found)} checkpoint{'s' if len(found) != 1 else ''} "
                          f"(`save_strategy: {saves}`); a curve needs two or more: train with `save_strategy=epoch` "
                          "(the tiny configs' setting) and `num_train_epochs` of 2 or more.")

@@ -215,7 +215,7 @@ def interrupted_line(config_arg: str, overrides: list[str], output_dir: Path, ma
     if ckpt is not None:
         kept = (f"the checkpoints in `{shown}` are kept (latest `{ckpt.name}`); resume with "
                 f"`make train CONFIG={config_arg}{args} RESUME=1`")
-    elif str(cfg.get("save_strategy", "steps")).lower() == "no":
+    elif str(cfg.get("save_strategy", "steps")).lower() in ("no", "false"):  # `save_strategy=no` reads as false
         kept = f"no checkpoint was saved (`save_strategy: no`), so `make train CONFIG={config_arg}{args}` starts over"
     else:
         kept = (f"no checkpoint was saved yet in `{shown}` (`save_steps: {cfg.get('save_steps', 500)}`), so "
@@ -286,7 +286,7 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
             if ckpt is None:
                 saves = str(cfg.get("save_strategy", "steps")).lower()
                 why = (" (the config saves none: `save_strategy: no`; set `save_strategy=steps save_steps=N`)"
-                       if saves == "no" else f" (`save_strategy: {saves}`: none was saved yet)")
+                       if saves in ("no", "false") else f" (`save_strategy: {saves}`: none was saved yet)")
                 raise TrainError(f"`RESUME=1` but `{cfg['output_dir']}` holds no `checkpoint-N`{why}; "
                                  "run without RESUME to start over.")
             resume_from = rel(ckpt)
