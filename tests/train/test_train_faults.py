@@ -90,7 +90,7 @@ def test_check_of_a_missing_config():
 
 TRAIN_FAULTS = [
     # (name, overrides, environment, the last line of stderr (regex))
-    ("RESUME=1 without a checkpoint", ["output_dir={tmp}/fresh", "save_strategy=no"], {"RESUME": "1"},
+    ("RESUME=1 without a checkpoint", ["output_dir={tmp}/fresh", "save_strategy='no'"], {"RESUME": "1"},
      r"train: `RESUME=1` but `.*/fresh` holds no `checkpoint-N` \(the config saves none: `save_strategy: no`; set "
      r"`save_strategy=steps save_steps=N`\); run without RESUME to start over\."),
     ("RESUME=1 before the first epoch's checkpoint", ["output_dir={tmp}/fresh"], {"RESUME": "1"},
