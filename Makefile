@@ -41,6 +41,8 @@ DATASET    ?= cluener_train
 NPROC_PER_NODE ?=
 DEEPSPEED  ?=
 RESUME     ?=
+# where make train / sweep / all log the loss, offline: tensorboard | swanlab | none (unset: the config's report_to)
+TRACKER    ?=
 DRY_RUN    ?=
 SAMPLES    ?=
 EVAL_LIMIT ?=
@@ -58,10 +60,10 @@ qs = $(foreach w,$(1),$(call q,$(w)))
 # `value`: not even make expands it (a URL's `$(…)` stays as it is)
 export PIPELINES_ADAPTER_URLS = $(value ADAPTER_URLS)
 
-export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT DEEPSPEED RESUME DRY_RUN PROFILE MODEL PORT \
+export NPROC_PER_NODE NNODES NODE_RANK MASTER_ADDR MASTER_PORT DEEPSPEED RESUME DRY_RUN TRACKER PROFILE MODEL PORT \
        CLUENER_DIR RUOZHIBA_FILE SAMPLES EVAL_LIMIT RUN
 
-.PHONY: help setup lock tiny-model tiny-base data download lengths check train export sweep serve serve-status \
+.PHONY: help setup lock tiny-model tiny-base data download lengths check train export curve sweep serve serve-status \
         serve-stop lora-load lora-unload deploy eval parity all gpu-check bench test test-real lint clean
 
 help: ## list the targets (colour only on a terminal, never with NO_COLOR set)
@@ -93,11 +95,14 @@ lengths: ## token lengths of DATASET with MODEL's tokenizer and the training tem
 check: ## validate CONFIG (+ ARGS overrides) with LLaMA-Factory's own parser and the project's rules
 	@$(CLI) check $(call q,$(CONFIG)) $(call qs,$(ARGS))
 
-train: ## check, then train CONFIG with llamafactory-cli (ARGS="key=value …", RESUME=1, NPROC_PER_NODE=, DEEPSPEED=)
+train: ## check, then train CONFIG with llamafactory-cli (ARGS="key=value …", RESUME=1, NPROC_PER_NODE=, DEEPSPEED=, TRACKER=)
 	@$(CLI) train $(call q,$(CONFIG)) $(call qs,$(ARGS))
 
 export: ## merge ADAPTER into its base with llamafactory-cli export
 	@$(CLI) export $(call q,$(ADAPTER)) $(call qs,$(ARGS))
+
+curve: ## score every epoch's checkpoint of ADAPTER (a training output_dir) from one server: ADAPTER/curve/curve.json, curve.png, samples.md
+	@$(CLI) curve $(call q,$(ADAPTER)) $(call qs,$(ARGS))
 
 sweep: ## train a grid (ARGS="--ranks 8,16 --lrs 1e-3,3e-3 --samples 300"), serve and score every adapter from one server, write OUT/leaderboard.md
 	@$(CLI) sweep $(call q,$(CONFIG)) $(call qs,$(ARGS)) $(if $(OUT),--out $(call q,$(OUT)))

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.train.launch", "check, then train a config with llamafactory-cli; write its manifest"),
     "export": ("pipelines.train.export", "merge a LoRA adapter into its base with llamafactory-cli export"),
     "sweep": ("pipelines.run.sweep", "train a grid of LoRA adapters, serve and score them all, write a leaderboard"),
+    "curve": ("pipelines.run.curve", "score every epoch's checkpoint of a training run from one server; the best epoch"),
     "serve": ("pipelines.serve.manage", "start/status/stop a vLLM server with the base and its adapters"),
     "deploy": ("pipelines.serve.deploy", "render a Docker Compose or vllm-stack Helm bundle of a serve config"),
     "eval": ("pipelines.eval.evaluate", "score served models through the OpenAI API; metrics.json + report.md"),

@@ -68,6 +68,25 @@ def tiny_cluener_adapter(tmp_path_factory, tiny_base_dir: Path, converted_data_d
     return out
 
 
+#: three epochs of QUICK_TRAIN's size: a checkpoint per epoch (the tiny configs' `save_strategy: epoch`)
+CURVE_EPOCHS = 3
+
+
+@pytest.fixture(scope="session")
+def tensorboard_run(tmp_path_factory, tiny_base_dir: Path, converted_data_dir: Path) -> Path:
+    """`TRACKER=tensorboard make train` of conf/tiny_lora_cluener.yaml at QUICK_TRAIN's size for three epochs (a
+    checkpoint and an eval loss per epoch), for real: what the tracker and `make curve` tests read."""
+    from pipelines.train import launch as train
+
+    out = tmp_path_factory.mktemp("tracked") / "cluener"
+    quick = [o for o in QUICK_TRAIN if not o.startswith("num_train_epochs=")]
+    rc = train.main(["conf/tiny_lora_cluener.yaml", f"model_name_or_path={tiny_base_dir}",
+                     f"dataset_dir={converted_data_dir}", f"output_dir={out}", *quick,
+                     f"num_train_epochs={CURVE_EPOCHS}"], environ=train_environ(TRACKER="tensorboard"))
+    assert rc == 0, "training with TRACKER=tensorboard failed; see the output above"
+    return out
+
+
 # ---- tiers ----------------------------------------------------------------------------------------
 
 

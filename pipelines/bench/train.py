@@ -56,6 +56,7 @@ def ours_overrides(*, model: str, data_dir: Path, out_dir: Path, samples: int, e
         "include_num_input_tokens_seen": "non_padding",
         "dataloader_num_workers": 0, "preprocessing_num_workers": 1, "overwrite_cache": "true",
         "output_dir": str(out_dir), "overwrite_output_dir": "true", "save_strategy": "'no'",
+        "eval_strategy": "'no'",
         "logging_steps": 1000, "plot_loss": "false", "report_to": "none", "seed": 0,
     }
     if group_by_length:

@@ -119,6 +119,20 @@ def oriented(found: Sequence[Mapping[str, Any]], a: str, b: str, metric: str) ->
     return None
 
 
+def mark_ties(rows: list[dict[str, Any]], best: str, metric: str, found: list[dict[str, Any]]) -> list[str]:
+    """Give each scored row but the best its comparison with the best on `metric` (`vs_best`: diff = row - best,
+    its interval, p) and `tied_with_best`: not told apart from it (p >= ALPHA); the names of the tied rows. Rows
+    without a comparison (no figures, metrics.json of eval spec < 3) get None for both."""
+    tied = []
+    for r in rows:
+        c = oriented(found, r["name"], best, metric) if r.get("metrics") is not None and r["name"] != best else None
+        r["vs_best"] = {k: c[k] for k in ("diff", "low", "high", "p_value")} if c else None
+        r["tied_with_best"] = bool(c["p_value"] >= ALPHA) if c else None
+        if r["tied_with_best"]:
+            tied.append(r["name"])
+    return tied
+
+
 def entry_name(model: str, pass_name: str) -> str:
     return model + SECTIONS[pass_name][1]
 

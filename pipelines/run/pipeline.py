@@ -2,6 +2,7 @@
 
     base model → data → NER adapter + ruozhiba adapter (llamafactory-cli) → one vLLM server with both →
     evaluation of the base and each adapter (OpenAI client; NER also with span-constrained decoding) →
+    the NER adapter's every epoch's checkpoint, loaded into the same server (`make curve --attach`) →
     server stopped → results/<run>/report.md
 
 PROFILE=cpu (default) uses the tiny model the project builds and pre-trains itself; PROFILE=gpu uses the
@@ -91,14 +92,19 @@ def plan(profile_name: str, model: str | None, run_dir: Path, port: int, raw: di
         stages.append(Stage(f"data-{t}", [*CLI, "convert", t, "--raw", raw.get(t) or RAW_DEFAULTS[t],
                                           "--out-dir", "data"]))
     limit = [f"max_samples={samples}"] if samples else []
-    ranks = []
+    ranks, per_epoch = [], []
     for t in names:
         config = sized(p.configs[t], model)
         argv = [*CLI, "train", config, f"model_name_or_path={model}", f"output_dir={adapters[t]}", *limit]
         stages.append(Stage(f"train-{t}", argv, show=[*argv, "--dry-run", "--no-check"]))
-        ranks.append(int(yaml.safe_load((ROOT / config).read_text(encoding="utf-8")).get("lora_rank") or 8))
+        train_cfg = yaml.safe_load((ROOT / config).read_text(encoding="utf-8"))
+        ranks.append(int(train_cfg.get("lora_rank") or 8))
+        if str(train_cfg.get("save_strategy")) == "epoch":
+            per_epoch.append(t)
     serve_cfg = yaml.safe_load((ROOT / p.serve_config).read_text(encoding="utf-8"))
-    serve_cfg.update(model=model, served_model_name=p.base_name, adapters=adapters, port=port)
+    # runtime LoRA updating: the curve stage loads the NER adapter's checkpoints into this server
+    serve_cfg.update(model=model, served_model_name=p.base_name, adapters=adapters, port=port,
+                     runtime_lora_updating=True)
     serve_path = run_dir / "serve.yaml"
     stages.append(Stage("serve", [*CLI, "serve", "start", str(serve_path), "--port", str(port)],
                         writes={str(serve_path): yaml.safe_dump(serve_cfg, sort_keys=False, allow_unicode=True)},
@@ -111,6 +117,10 @@ def plan(profile_name: str, model: str | None, run_dir: Path, port: int, raw: di
         stages.append(Stage(f"eval-{t}", [*CLI, "eval", "--base-url", url, "--task", t,
                                           "--data", tasks.get(t).val_data(), "--model", p.base_name, "--model", t,
                                           "--out", str(run_dir / f"eval-{t}"), "--tokenizer", model, *lim, *both]))
+    # the NER adapter's every epoch on the same server, where its config saves a checkpoint per epoch (the tiny one)
+    for t in [t for t in per_epoch if tasks.get(t).kind == "ner"][:1]:
+        stages.append(Stage(f"curve-{t}", [*CLI, "curve", adapters[t], "--attach", "--serve", str(serve_path),
+                                           "--port", str(port), *lim]))
     stages.append(Stage("serve-stop", [*CLI, "serve", "stop", str(serve_path), "--port", str(port)], always=True))
     return stages
 

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipelines.common.errors import PipelinesError
+from pipelines.common.io import read_json
 from pipelines.common.paths import TRAIN_MANIFEST
 from pipelines.eval import tasks
 from pipelines.eval.compare import oriented
 from pipelines.eval.report import CONSTRAINED, EXAMPLES, difference, figure
 from pipelines.eval.report import columns as report_columns
+from pipelines.run.curve_report import CURVE_DIR, curve_table, epoch
 
 #: What "better" means in a criterion: the difference's interval (metrics.json's `comparisons`) lies above 0.
 BETTER = "better means the 95% interval of the difference (paired bootstrap over the records) lies above 0"
@@ -161,6 +163,26 @@ def examples(run_dir: Path, task: str, k: int = 3) -> list[str]:
     return out
 
 
+def curve_lines(run_dir: Path, task: str) -> list[str]:
+    """The adapter's curve (`make curve`, a stage of `make all` for the NER adapter): a row per epoch's checkpoint,
+    the best marked, and its plot."""
+    folder = run_dir / "adapters" / task / CURVE_DIR
+    curve = read_json(folder / "curve.json")
+    if not isinstance(curve, dict) or not curve.get("rows"):
+        return []
+    best = curve.get("best") or {}
+    lines = ["", f"### `{task}`: every epoch's checkpoint ({curve['n']} validation records, `make curve`)", "",
+             *curve_table(curve), ""]
+    if best:
+        lines.append(f"Best epoch: {epoch(best['epoch'])} (`{best['checkpoint']}`) by {curve['main_metric']}"
+                     + (f"; tied with it (p ≥ 0.05): {', '.join(f'`{t}`' for t in curve['ties'])}." if curve.get("ties")
+                        else "."))
+    if (folder / "curve.png").is_file():
+        lines += ["", f"![{task} curve](adapters/{task}/{CURVE_DIR}/curve.png)"]
+    lines += ["", f"Per-epoch answers: [adapters/{task}/{CURVE_DIR}/samples.md](adapters/{task}/{CURVE_DIR}/samples.md)"]
+    return lines
+
+
 def write(run_dir: Path, base: str) -> Path:
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
@@ -187,6 +209,7 @@ def write(run_dir: Path, base: str) -> Path:
             dst = plots / f"{task}-{png.name}"
             shutil.copy2(png, dst)
             lines += ["", f"![{task} {png.stem}](plots/{dst.name})"]
+        lines += curve_lines(run_dir, task)
     lines.append("")
 
     for task in names:

@@ -23,19 +23,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import device
 from pipelines.common.errors import PipelinesError
 from pipelines.common.io import atomic_write, read_json, write_json
-from pipelines.common.net import free_port
-from pipelines.common.paths import SERVE_DIR, rel, resolve
+from pipelines.common.paths import rel, resolve
 from pipelines.eval import EvalError, tasks
-from pipelines.eval.compare import ALPHA, oriented
-from pipelines.eval.predictions import NotSaved
+from pipelines.eval.compare import ALPHA, mark_ties
 from pipelines.eval.report import figure
+from pipelines.run.served import MAX_LORAS, ServedError, score_adapters, serve_config_for
 from pipelines.serve.client import ServeError
 from pipelines.train import config
 from pipelines.train.grid import (
@@ -54,8 +51,6 @@ from pipelines.train.grid import (
     write_snippet,
 )
 
-#: Adapters in one batch by default: vLLM keeps this many LoRA slots and swaps the others in from disk.
-MAX_LORAS = {"cpu": 4, "cuda": 8}
 PLOTS = "plots"
 
 
@@ -63,78 +58,17 @@ class SweepError(PipelinesError, RuntimeError):
     """One sentence; `main` prints it."""
 
 
-def serve_config_for(model: str, given: str | None) -> Path:
-    """The serve config that serves `model`: `--serve`, else the one of `serve/` whose `model` is this base."""
-    if given:
-        return resolve(given)
-    from pipelines.serve.config import load
-
-    for path in sorted(SERVE_DIR.glob("*.yaml")):
-        try:
-            cfg = load(path)
-        except ValueError:
-            continue
-        if cfg.model == model or resolve(cfg.model).resolve() == resolve(model).resolve():
-            return path
-    raise SweepError(f"no serve config of `serve/` serves `{model}`; pass one with `--serve` (its adapters are "
-                     "replaced by the sweep's).")
-
-
-def served_cards(previous: dict[str, Any] | None, models: list[str]) -> dict[str, dict[str, Any]] | None:
-    """The model cards of the last evaluation, with each local folder's weights as they are now: enough to score
-    saved answers without a server. None when the last evaluation did not cover every model."""
-    cards = ((previous or {}).get("settings") or {}).get("models") or {}
-    if not all(m in cards for m in models):
-        return None
-    return {m: {"root": cards[m].get("root"), "parent": cards[m].get("parent"), "max_model_len": None}
-            for m in models}
-
-
 def evaluate(task: str, cfg: dict, runs: list[Run], out: Path, serve_path: Path, *, port: int | None,
              limit: int | None, max_loras: int | None, echo=print) -> tuple[dict[str, Any], dict[str, Any]]:
     """Serve the base and every adapter that trained from one server and score them all. (metrics, eval info)"""
-    from pipelines import serve
-    from pipelines.eval.evaluate import run_eval
-
-    spec = tasks.get(task)
-    adapters = adapter_paths(runs)
-    data = spec.val_data(str(cfg.get("dataset_dir") or "data"))
-    if not resolve(data).is_file():
-        raise SweepError(f"the validation split `{data}` of `{task}` does not exist; run `make data` (or set "
-                         "`val_size` so that convert writes one), or pass `--no-eval`.")
-    scfg = serve.load(serve_path)
-    scfg.adapters = dict(adapters)
-    cap = MAX_LORAS["cuda" if device.has_cuda() else "cpu"]
-    scfg.max_loras = max_loras or min(len(adapters), cap)
-    scfg.port = port or free_port(scfg.host)
-    base = scfg.served_model_name
-    models = [base, *adapters]
-    eval_dir = out / "eval"
-    constrain = "both" if spec.constraint else "none"
-    previous = read_json(eval_dir / "metrics.json")
-    cards = served_cards(previous, models)
-    kwargs: dict[str, Any] = dict(limit=limit, constrain=constrain, progress=True)
-    t0 = time.time()
-    if cards is not None:
-        assert previous is not None  # the cards are read from it (and `models` is never empty)
-        try:
-            metrics = run_eval(previous["settings"]["base_url"], task, data, models, eval_dir, served=cards,
-                               echo=lambda s: None, **kwargs)
-            echo(f"sweep: every answer is saved for these weights; scored {len(models)} models without a server")
-            asked = ((read_json(out / "leaderboard.json") or {}).get("eval") or {})  # the run that asked for them
-            kept = {k: asked[k] for k in ("max_loras", "seconds", "requests", "requests_per_s") if k in asked}
-            return metrics, {"base": base, "max_loras": scfg.max_loras, **kept, "requests_sent": 0,
-                             "server": "not started (all answers saved; requests/s of the run that asked for them)"}
-        except NotSaved:
-            pass
-    echo(f"sweep: serving `{base}` and {len(adapters)} adapters (max_loras {scfg.max_loras}) on port {scfg.port}")
-    with serve.running(scfg, echo=echo) as served:
-        t0 = time.time()
-        metrics = run_eval(served.base_url, task, data, models, eval_dir, **kwargs)
-        seconds = time.time() - t0
-    n = metrics["data"]["n"] * len(models) * (2 if "constrained" in metrics else 1)
-    return metrics, {"base": base, "server": f"{served.base_url} (stopped)", "max_loras": scfg.max_loras,
-                     "seconds": round(seconds, 1), "requests": n, "requests_per_s": round(n / seconds, 2)}
+    data = tasks.get(task).val_data(str(cfg.get("dataset_dir") or "data"))
+    asked = (read_json(out / "leaderboard.json") or {}).get("eval") or {}  # the run that asked for saved answers
+    try:
+        scored = score_adapters(task, data, adapter_paths(runs), out / "eval", serve_path, port=port, limit=limit,
+                                max_loras=max_loras, previous_info=asked, echo=lambda s: echo(f"sweep: {s}"))
+    except ServedError as e:
+        raise SweepError(f"{e} (or pass `--no-eval`)") from None
+    return scored.metrics, scored.info
 
 
 # ---------------------------------------------------------------- the leaderboard (pure)
@@ -170,20 +104,6 @@ def leaderboard(task: str, config_file: str, overrides: list[str], cfg: dict, ru
                        "serve_snippet": serve_snippet(cfg, adapters, [best["rank"]]), "figure": best["metrics"].get(key),
                        "interval": (best["metrics"].get("intervals") or {}).get(key), "tied": tied}
     return out
-
-
-def mark_ties(rows: list[dict[str, Any]], best: str, metric: str, found: list[dict[str, Any]]) -> list[str]:
-    """Give each scored row but the best its comparison with the best on `metric` (`vs_best`: diff = row - best,
-    its interval, p) and `tied_with_best`: not told apart from it (p >= ALPHA); the names of the tied rows. Rows
-    without a comparison (no figures, metrics.json of eval spec < 3) get None for both."""
-    tied = []
-    for r in rows:
-        c = oriented(found, r["name"], best, metric) if r.get("metrics") is not None and r["name"] != best else None
-        r["vs_best"] = {k: c[k] for k in ("diff", "low", "high", "p_value")} if c else None
-        r["tied_with_best"] = bool(c["p_value"] >= ALPHA) if c else None
-        if r["tied_with_best"]:
-            tied.append(r["name"])
-    return tied
 
 
 def _vs_best(r: dict[str, Any], best: str | None) -> str:
@@ -356,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics, info = evaluate(task, cfg, runs, out, serve_path, port=args.port, limit=args.eval_limit,
                                  max_loras=args.max_loras)
         board = leaderboard(task, args.config, args.overrides, cfg, runs, metrics, info, info["base"])
-    except (config.CheckError, EvalError, SweepError, ServeError, ValueError) as e:
+    except (config.CheckError, EvalError, SweepError, ServedError, ServeError, ValueError) as e:
         print(f"sweep: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

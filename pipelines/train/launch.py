@@ -16,6 +16,8 @@ Environment (the Makefile passes these through):
                              refused in one sentence when that cannot keep it (`pipelines.train.ranks`); on the CPU
                              the ranks use gloo and share the cores (OMP_NUM_THREADS = cores / NPROC_PER_NODE).
     DRY_RUN=1                print the command and the launcher's environment, run nothing
+    TRACKER=tensorboard|swanlab|none   where the loss is logged, offline (`pipelines.train.trackers`); unset: the
+                             config's `report_to`. Its log folder is printed and kept in the manifest's `tracker`.
 
 Ctrl-C stops the training (SIGTERM to llamafactory-cli and what it started, SIGKILL after a grace period) and
 ends with one line: the checkpoints kept in `output_dir`, how to resume them, and the manifest, written with exit
@@ -44,11 +46,11 @@ from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, config_flag, env_flag
 from pipelines.common.paths import ROOT, TINY_BASE, TINY_MODEL, is_local, rel, resolve
 from pipelines.common.process import STOP_GRACE_S, is_live, proc_stat, sigint_ignored, stop_even_on_ctrl_c
-from pipelines.train import check, config, ranks
+from pipelines.train import check, config, ranks, trackers
 from pipelines.train.manifest import write_manifest
 
 DIST_VARS = ("NPROC_PER_NODE", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
-CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN")  # ours; not passed on to LLaMA-Factory
+CONTROL_VARS = ("DEEPSPEED", "RESUME", "DRY_RUN", "TRACKER")  # ours; not passed on to LLaMA-Factory
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 #: The folder of the `sitecustomize` that lets training ranks on the CPU resume (see its docstring).
 CPU_RANKS = Path(__file__).resolve().parent / "cpu_ranks"
@@ -226,7 +228,7 @@ def interrupted_line(config_arg: str, overrides: list[str], output_dir: Path, ma
     if ckpt is not None:
         kept = (f"the checkpoints in `{shown}` are kept (latest `{ckpt.name}`); resume with "
                 f"`make train CONFIG={config_arg}{args} RESUME=1`")
-    elif str(cfg.get("save_strategy", "steps")).lower() == "no":
+    elif str(cfg.get("save_strategy", "steps")).lower() in ("no", "false"):  # `save_strategy=no` reads as false
         kept = f"no checkpoint was saved (`save_strategy: no`), so `make train CONFIG={config_arg}{args}` starts over"
     else:
         kept = (f"no checkpoint was saved yet in `{shown}` (`save_steps: {cfg.get('save_steps', 500)}`), so "
@@ -234,6 +236,19 @@ def interrupted_line(config_arg: str, overrides: list[str], output_dir: Path, ma
     where = (f"the manifest `{rel(manifest)}` records exit status {INTERRUPTED}" if manifest else
              "no manifest was written (`output_dir` was not created yet)")
     return f"train: interrupted (Ctrl-C); {kept}; {where}."
+
+
+def _tracker(args: argparse.Namespace, cfg: dict, output_dir: Path,
+             environ: Mapping[str, str]) -> tuple[dict, dict, dict[str, str]]:
+    """`TRACKER=`: its overrides appended to the command line; (config, where it logs, its environment)."""
+    kind = trackers.kind(environ)
+    if kind is None:
+        return cfg, {}, {}
+    extra, env, where = trackers.plan(kind, output_dir, trackers.stamp())
+    args.overrides += extra
+    cfg = {**cfg, **dict(o.split("=", 1) for o in extra)}
+    print(f"train: TRACKER={kind}: logging to {rel(where['dir']) if where['dir'] else 'nothing'}", flush=True)
+    return cfg, where, env
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -284,7 +299,7 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
             if ckpt is None:
                 saves = str(cfg.get("save_strategy", "steps")).lower()
                 why = (" (the config saves none: `save_strategy: no`; set `save_strategy=steps save_steps=N`)"
-                       if saves == "no" else "")
+                       if saves in ("no", "false") else f" (`save_strategy: {saves}`: none was saved yet)")
                 raise TrainError(f"`RESUME=1` but `{cfg['output_dir']}` holds no `checkpoint-N`{why}; "
                                  "run without RESUME to start over.")
             resume_from = rel(ckpt)
@@ -306,14 +321,16 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
             print(ranks.describe(cfg, split, nproc, nnodes), flush=True)
             args.overrides += [f"{k}={v}" for k, v in split.items()]
             cfg = {**cfg, **split}
+        cfg, where, tracker_env = _tracker(args, cfg, output_dir, environ)
         cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,
                                 offline=is_local(model) if model else True, on_cpu=config_flag(cfg, "use_cpu"))
-    except (config.CheckError, TrainError, FlagError) as e:
+        env.update(tracker_env)
+    except (config.CheckError, TrainError, FlagError, trackers.TrackerError) as e:
         print(f"train: {e}", file=sys.stderr)
         return 1
 
     if dry_run:
-        shown = {k: env[k] for k in (*DIST_VARS, "FORCE_TORCHRUN", "HF_HUB_OFFLINE") if k in env}
+        shown = {k: env[k] for k in (*DIST_VARS, "FORCE_TORCHRUN", "HF_HUB_OFFLINE", *tracker_env) if k in env}
         print("$", " ".join(a.replace(str(ROOT) + "/", "") for a in cmd))
         print("  env:", " ".join(f"{k}={v}" for k, v in shown.items()) or "(defaults)")
         return 0
@@ -325,23 +342,27 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
     rc, interrupted = run_training(cmd, env)
     ended = time.time()
     writer = (environ.get("NODE_RANK") or "0") == "0"
+    tracked = trackers.finish(where, started)
     if interrupted:
         path = None
         if writer and output_dir.is_dir():
             with sigint_ignored():  # a second Ctrl-C must not cut the manifest
                 path = write_manifest(output_dir, config=args.config, overrides=args.overrides, cfg=final_cfg,
                                       argv=cmd, env=env, started=started, ended=ended, exit_code=rc,
-                                      resumed_from=resume_from)
+                                      resumed_from=resume_from, tracker=tracked)
         line = interrupted_line(args.config, user_overrides, output_dir, path, final_cfg)
         print("\n" + line, file=sys.stderr)  # on a line of its own, not after the progress bar's
         return rc
     if writer and output_dir.is_dir():
         path = write_manifest(output_dir, config=args.config, overrides=args.overrides, cfg=final_cfg, argv=cmd,
-                              env=env, started=started, ended=ended, exit_code=rc, resumed_from=resume_from)
+                              env=env, started=started, ended=ended, exit_code=rc, resumed_from=resume_from,
+                              tracker=tracked)
         results = json.loads(path.read_text(encoding="utf-8"))["results"]
         losses = ", ".join(f"{k} {results[k]:.4f}" for k in ("train_loss", "eval_loss") if k in results)
         print(f"train: {'wrote' if rc == 0 else 'failed;'} {rel(output_dir)} in {ended - started:.0f} s"
               f"{' (' + losses + ')' if losses else ''}; manifest {rel(path)}", flush=True)
+        if tracked:
+            print(f"train: {tracked['kind']} log in {tracked['dir']} ({trackers.watch_command(tracked)})", flush=True)
     if rc != 0:
         print(f"train: `llamafactory-cli train {args.config}` failed with exit {rc}; see its output above.",
               file=sys.stderr)

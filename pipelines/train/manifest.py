@@ -3,8 +3,9 @@
 `OUTPUT_DIR/pipelines_manifest.json` (`paths.TRAIN_MANIFEST`), written beside each trained adapter or model:
 the merged config, the command, the git revision, the sha256 of every dataset file, the base model's weights
 fingerprint, the package versions, start and end time, the world size (NPROC_PER_NODE × NNODES ranks) and the
-global batch (per-device batch × accumulation × world size, `pipelines.train.ranks`), and the final train/eval
-loss. The serve precheck, the sweep and the run report read it.
+global batch (per-device batch × accumulation × world size, `pipelines.train.ranks`), the final train/eval
+loss and the tracker's log folder (`tracker`). The serve precheck, the sweep, `make curve` and the run report
+read it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pipelines.common.io import file_sha256, read_json, tree_sha256, weights_fin
 from pipelines.common.paths import ROOT, TRAIN_MANIFEST, rel, resolve
 from pipelines.train import ranks
 from pipelines.train.config import as_list
+from pipelines.train.trackers import TRACKER_KEYS
 
 PACKAGES = ("llamafactory", "transformers", "peft", "torch", "accelerate", "datasets", "trl", "tokenizers",
             "deepspeed", "pipelines")
@@ -125,7 +127,7 @@ def base_model_identity(cfg: Mapping) -> dict:
 
 def write_manifest(output_dir: Path, *, config: str, overrides: list[str], cfg: Mapping, argv: list[str],
                    env: Mapping[str, str], started: float, ended: float, exit_code: int,
-                   resumed_from: str | None) -> Path:
+                   resumed_from: str | None, tracker: Mapping | None = None) -> Path:
     manifest = {
         "config_file": config,
         "overrides": overrides,
@@ -144,6 +146,7 @@ def write_manifest(output_dir: Path, *, config: str, overrides: list[str], cfg: 
         "duration_s": round(ended - started, 1),
         "exit_code": exit_code,
         "results": final_losses(output_dir, resumed=resumed_from is not None),
+        "tracker": dict(tracker) if tracker else None,
     }
     return write_json(output_dir / TRAIN_MANIFEST, manifest)
 
@@ -169,7 +172,8 @@ def stale_reason(output_dir: str | Path, cfg: Mapping) -> str | None:
         return f"its last run failed (exit {m.get('exit_code')})"
     if not any((folder / w).is_file() for w in ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors")):
         return "its weights are missing"
-    resume = ("resume_from_checkpoint", "overwrite_output_dir")  # a resumed run trained the same config
+    # a resumed run trained the same config, and so did one logged to another tracker
+    resume = ("resume_from_checkpoint", "overwrite_output_dir", *TRACKER_KEYS)
     done = {k: v for k, v in (m.get("config") or {}).items() if k not in resume}
     if _normal(done) != _normal({k: v for k, v in cfg.items() if k not in resume}):
         return "its config or overrides differ"

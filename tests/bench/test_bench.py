@@ -100,6 +100,7 @@ def test_ours_overrides_match_the_baseline_settings(tmp_path):
     assert ov["per_device_train_batch_size"] == "16" and ov["learning_rate"] == "0.0001"
     assert ov["max_samples"] == "32" and ov["num_train_epochs"] == "2"
     assert ov["train_sampling_strategy"] == "group_by_length" and ov["save_strategy"] == "'no'"
+    assert ov["eval_strategy"] == "'no'"  # the tiny config evaluates every epoch; the benchmark times training only
 
 
 def current(name: str, **fields) -> dict:

@@ -41,6 +41,7 @@ def test_dry_run_gpu_profile_prints_the_real_commands():
     assert "--model qwen2.5-instruct --model cluener" in evals[0] and "--task cluener" in evals[0]
     assert "--model qwen2.5-instruct --model ruozhiba" in evals[1] and "--task ruozhiba" in evals[1]
     assert "tiny-base" not in text  # no tiny model on the GPU path
+    assert "pipelines curve" not in text  # the Qwen configs save by steps, not one checkpoint per epoch
     assert "pipelines serve stop" in text
 
 
@@ -54,6 +55,9 @@ def test_dry_run_cpu_profile_uses_the_tiny_configs():
     assert "llamafactory-cli train conf/tiny_lora_cluener.yaml" in text
     assert "llamafactory-cli train conf/tiny_lora_ruozhiba.yaml" in text
     assert "--served-model-name tiny-base" in text and "--max-lora-rank" in text
+    curve = [ln for ln in text.splitlines() if "pipelines curve " in ln]  # the NER adapter's epochs, same server
+    assert len(curve) == 1 and f"results/{run}/adapters/cluener --attach --serve" in curve[0], text
+    assert "--port 8012" in curve[0]
 
 
 def test_unknown_profile_is_one_sentence():
@@ -123,6 +127,9 @@ def test_make_all_end_to_end(tiny_base_dir, capfd):
         "[FAIL] generation adapter ROUGE-L" in out
     assert "better means the 95% interval of the difference" in out
     assert (run_dir / "adapters" / "cluener" / "adapter_config.json").exists()
+    curve = json.loads((run_dir / "adapters" / "cluener" / "curve" / "curve.json").read_text(encoding="utf-8"))
+    assert [r["epoch"] for r in curve["rows"]] == [1, 2, 3] and curve["best"]["checkpoint"] in report
+    assert "every epoch's checkpoint" in report
     assert not (ROOT / ".serve" / str(port) / "server.pid").exists()  # stopped
 
 

@@ -90,9 +90,15 @@ def test_check_of_a_missing_config():
 
 TRAIN_FAULTS = [
     # (name, overrides, environment, the last line of stderr (regex))
-    ("RESUME=1 without a checkpoint", ["output_dir={tmp}/fresh"], {"RESUME": "1"},
+    ("RESUME=1 without a checkpoint", ["output_dir={tmp}/fresh", "save_strategy='no'"], {"RESUME": "1"},
      r"train: `RESUME=1` but `.*/fresh` holds no `checkpoint-N` \(the config saves none: `save_strategy: no`; set "
      r"`save_strategy=steps save_steps=N`\); run without RESUME to start over\."),
+    ("RESUME=1 before the first epoch's checkpoint", ["output_dir={tmp}/fresh"], {"RESUME": "1"},
+     r"train: `RESUME=1` but `.*/fresh` holds no `checkpoint-N` \(`save_strategy: epoch`: none was saved yet\); "
+     r"run without RESUME to start over\."),
+    ("TRACKER=wandb", [], {"TRACKER": "wandb"},
+     r"train: `TRACKER=wandb` is not a tracker; use one of: tensorboard, swanlab, none \(or leave it unset: the "
+     r"config's `report_to` decides\)\."),
     ("output_dir cannot be created", ["output_dir=README.md/sub"], {},
      r"train: not launched; fix the problems above \(`make check CONFIG=conf/tiny_lora_cluener\.yaml`\)\."),
     ("RESUME=maybe", [], {"RESUME": "maybe"},

@@ -1,0 +1,113 @@
+"""`make curve`: every epoch's checkpoint of one real training run served from one real vLLM server and scored, the
+best epoch named, the figures logged into the run's TensorBoard log; a row equals a separate `make eval` of that
+checkpoint; a rerun sends nothing; a run without checkpoints is refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import CURVE_EPOCHS
+from faults import one_line, pipelines
+
+from pipelines.run import curve
+from pipelines.train import trackers
+
+LIMIT = "24"
+
+
+def test_fewer_than_two_checkpoints_is_refused_naming_save_strategy(tmp_path):
+    (tmp_path / "checkpoint-6").mkdir()
+    for name in ("trainer_state.json", "adapter_model.safetensors"):
+        (tmp_path / "checkpoint-6" / name).write_text("{}", encoding="utf-8")
+    run = pipelines("curve", tmp_path)
+    assert run.rc == 1
+    assert one_line(run.err) == (f"curve: `{tmp_path}` holds 1 checkpoint (`save_strategy: steps`); a curve needs two "
+                                 "or more: train with `save_strategy=epoch` (the tiny configs' setting) and "
+                                 "`num_train_epochs` of 2 or more.")
+
+
+def test_best_and_ties_use_the_paired_comparisons():
+    rows = [{"name": "r-checkpoint-6", "checkpoint": "checkpoint-6", "epoch": 1.0, "step": 6},
+            {"name": "r-checkpoint-12", "checkpoint": "checkpoint-12", "epoch": 2.0, "step": 12},
+            {"name": "r-checkpoint-18", "checkpoint": "checkpoint-18", "epoch": 3.0, "step": 18}]
+    cmp = [{"a": "r-checkpoint-6", "b": "r-checkpoint-12", "metric": "micro_f1", "diff": -0.2, "low": -0.3,
+            "high": -0.1, "p_value": 0.001},
+           {"a": "r-checkpoint-18", "b": "r-checkpoint-12", "metric": "micro_f1", "diff": -0.01, "low": -0.05,
+            "high": 0.03, "p_value": 0.6}]
+    metrics = {"models": {"r-checkpoint-6": {"micro_f1": 0.1}, "r-checkpoint-12": {"micro_f1": 0.3},
+                          "r-checkpoint-18": {"micro_f1": 0.29}},
+               "constrained": {"r-checkpoint-12": {"micro_f1": 0.6}}, "comparisons": cmp}
+    out = curve.build_curve(rows, metrics, "cluener")
+    assert out["best"] == {"epoch": 2.0, "step": 12, "checkpoint": "checkpoint-12"}
+    assert out["ties"] == ["checkpoint-18"] and out["rows"][0]["tied_with_best"] is False
+    assert out["rows"][1]["constrained"] == {"micro_f1": 0.6} and out["rows"][0]["constrained"] is None
+
+
+@pytest.fixture(scope="module")
+def curved(tensorboard_run: Path) -> tuple[Path, dict]:
+    """`make curve` of the three-epoch TensorBoard run, for real (its own server, stopped afterwards)."""
+    assert curve.main([str(tensorboard_run), "--limit", LIMIT]) == 0
+    return tensorboard_run, json.loads((tensorboard_run / "curve" / "curve.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_curve_scores_every_checkpoint_and_logs_into_the_runs_tensorboard(curved):
+    out, data = curved
+    assert [r["checkpoint"] for r in data["rows"]] == [f"checkpoint-{6 * e}" for e in range(1, CURVE_EPOCHS + 1)]
+    assert [r["epoch"] for r in data["rows"]] == [1.0, 2.0, 3.0]
+    for r in data["rows"]:
+        assert r["loss"] > 0 and r["eval_loss"] > 0 and "micro_f1" in r["metrics"] and "micro_f1" in r["constrained"]
+    assert data["best"]["checkpoint"] in {r["checkpoint"] for r in data["rows"]} and data["main_metric"] == "micro_f1"
+    assert (out / "curve" / "curve.png").stat().st_size > 0
+    samples = (out / "curve" / "samples.md").read_text(encoding="utf-8")
+    assert samples.count("\n## `") == curve.DEFAULT_SAMPLES and "\n| 3 | `" in samples
+    tracked = json.loads((out / "pipelines_manifest.json").read_text(encoding="utf-8"))["tracker"]
+    scalars = trackers.tensorboard_scalars(tracked["dir"])
+    assert "train/loss" in scalars  # the training's own, in the same run
+    logged = scalars["curve/micro_f1"]
+    assert [s for s, _ in logged] == [r["step"] for r in data["rows"]]
+    assert [v for _, v in logged] == pytest.approx([r["metrics"]["micro_f1"] for r in data["rows"]])
+    assert [s for s, _ in scalars["curve/constrained/micro_f1"]] == [6, 12, 18]
+    texts = trackers.tensorboard_texts(tracked["dir"])["curve/samples"]  # each checkpoint's answers at its step
+    assert [s for s, _ in texts] == [6, 12, 18] and all(f"`checkpoint-{s}`" in t for s, t in texts)
+    assert all(f"`{r['id']}`" in texts[0][1] for r in json.loads(Path(data["data"]).read_text(encoding="utf-8"))[:3])
+
+
+@pytest.mark.slow
+def test_a_rerun_sends_nothing_starts_no_server_and_logs_nothing_again(curved, capsys):
+    out, data = curved
+    predictions = {p: p.stat().st_size for p in (out / "curve" / "eval").rglob("predictions.jsonl")}
+    events = sorted(Path(data["tracker"]).glob("events.out.tfevents.*"))
+    capsys.readouterr()
+    assert curve.main([str(out), "--limit", LIMIT]) == 0
+    said = capsys.readouterr().out
+    assert "scored 3 models without a server" in said and "nothing logged again" in said and "vllm serve" not in said
+    assert {p: p.stat().st_size for p in predictions} == predictions
+    assert sorted(Path(data["tracker"]).glob("events.out.tfevents.*")) == events
+    again = json.loads((out / "curve" / "curve.json").read_text(encoding="utf-8"))
+    assert again["eval"]["requests_sent"] == 0 and again["rows"] == data["rows"]
+
+
+@pytest.mark.slow
+def test_a_row_equals_a_separate_eval_of_that_checkpoint(curved, tmp_path):
+    from pipelines import serve
+    from pipelines.common.paths import ROOT
+
+    out, data = curved
+    row = data["rows"][1]
+    alone = tmp_path / "alone"
+    shutil.copytree(out / row["checkpoint"], alone)  # its own folder: nothing of the curve's answers is reused
+    cfg = serve.load(ROOT / "serve" / "tiny.yaml")
+    cfg.adapters, cfg.max_loras = {"alone": str(alone)}, 1
+    cfg.model = json.loads((out / "pipelines_manifest.json").read_text(encoding="utf-8"))["config"]["model_name_or_path"]
+    with serve.running(cfg, free=True) as served:
+        run = pipelines("eval", "--base-url", served.base_url, "--task", "cluener", "--data", data["data"],
+                        "--model", "alone", "--out", tmp_path / "eval", "--limit", LIMIT, "--constrain", "both")
+    assert run.rc == 0, run.err[-2000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    for side, key in (("models", "metrics"), ("constrained", "constrained")):
+        got = {k: v for k, v in metrics[side]["alone"].items() if k != "intervals"}
+        assert got == {k: v for k, v in row[key].items() if k != "intervals"}, side
