@@ -8,6 +8,7 @@ the one place that says how (Linux /proc; elsewhere the callers fall back to sig
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -42,6 +43,42 @@ def start_time(pid: int) -> str | None:
 
 def is_live(stat: list[str] | None) -> bool:
     return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _parent_start(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process from /proc, or None."""
+    fields = proc_stat(pid)
+    return (int(fields[1]), fields[19]) if fields and is_live(fields) else None
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every live descendant of `pid`, parents before children."""
+    children: dict[int, list[int]] = {}
+    starts = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (st := _parent_start(int(entry.name))):
+            children.setdefault(st[0], []).append(int(entry.name))
+            starts[int(entry.name)] = st[1]
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop(0)
+        out.append((p, starts[p]))
+        todo += children.get(p, [])
+    return out
+
+
+def signal_all(procs: list[tuple[int, str]], sig: int) -> list[tuple[int, str]]:
+    """Send `sig` to those of `procs` that still run as the same process (pid and start time); the ones that do."""
+    alive = []
+    for pid, started in procs:
+        st = _parent_start(pid)
+        if st and st[1] == started:
+            try:
+                os.kill(pid, sig)
+                alive.append((pid, started))
+            except ProcessLookupError:
+                pass
+    return alive
 
 
 def term_then_kill(send: Callable[[int], None], alive: Callable[[], bool], grace: float,

@@ -10,11 +10,7 @@ Environment (the Makefile passes these through):
                              reach LLaMA-Factory's own torchrun launcher (`llamafactory/launcher.py`), which
                              reads them when FORCE_TORCHRUN=1; that is set when NPROC_PER_NODE > 1, NNODES > 1
                              or DEEPSPEED is given. Empty values (as `make` exports unset variables) are dropped.
-                             On world_size = NPROC_PER_NODE × NNODES ranks the config's global batch (per-device
-                             batch × accumulation, as one process trains it) is kept: `gradient_accumulation_steps`
-                             (else `per_device_train_batch_size`) is divided by the world size, or the launch is
-                             refused in one sentence when that cannot keep it (`pipelines.train.ranks`); on the CPU
-                             the ranks use gloo and share the cores (OMP_NUM_THREADS = cores / NPROC_PER_NODE).
+                             Several ranks train the config's one-process global batch (`pipelines.train.ranks`).
     DRY_RUN=1                print the command and the launcher's environment, run nothing
     TRACKER=tensorboard|swanlab|none   where the loss is logged, offline (`pipelines.train.trackers`); unset: the
                              config's `report_to`. Its log folder is printed and kept in the manifest's `tracker`.
@@ -25,8 +21,7 @@ status 130. llamafactory-cli runs with SIGINT ignored, so the terminal's Ctrl-C 
 the training stops without a traceback of its own.
 
 `build_launch` is the pure core: (config, overrides, environment) → (argv, env). The manifest,
-`OUTPUT_DIR/pipelines_manifest.json`, records the merged config, the command, the git revision, the sha256 of
-every dataset file, the package versions, start and end time, and the final train/eval loss.
+`OUTPUT_DIR/pipelines_manifest.json`, is `pipelines.train.manifest`'s.
 """
 
 from __future__ import annotations
@@ -45,7 +40,14 @@ from pipelines.common import device, lfcli
 from pipelines.common.errors import PipelinesError
 from pipelines.common.flags import FlagError, config_flag, env_flag
 from pipelines.common.paths import ROOT, TINY_BASE, TINY_MODEL, is_local, rel, resolve
-from pipelines.common.process import STOP_GRACE_S, is_live, proc_stat, sigint_ignored, stop_even_on_ctrl_c
+from pipelines.common.process import (
+    STOP_GRACE_S,
+    descendants,
+    sigint_ignored,
+    signal_all,
+    start_time,
+    stop_even_on_ctrl_c,
+)
 from pipelines.train import check, config, ranks, trackers
 from pipelines.train.manifest import write_manifest
 
@@ -152,53 +154,17 @@ def ensure_tiny_model(cfg: Mapping) -> None:
 
 # ------------------------------------------------------------------------------------------ the training run
 
-def _stat(pid: int) -> tuple[int, str] | None:
-    """(parent pid, start time) of a live process from /proc, or None."""
-    fields = proc_stat(pid)
-    return (int(fields[1]), fields[19]) if fields and is_live(fields) else None
-
-
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, start time) of every live descendant of `pid`, parents before children."""
-    children: dict[int, list[int]] = {}
-    starts = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (st := _stat(int(entry.name))):
-            children.setdefault(st[0], []).append(int(entry.name))
-            starts[int(entry.name)] = st[1]
-    out, todo = [], list(children.get(pid, []))
-    while todo:
-        p = todo.pop(0)
-        out.append((p, starts[p]))
-        todo += children.get(p, [])
-    return out
-
-
-def _signal_all(procs: list[tuple[int, str]], sig: int) -> list[tuple[int, str]]:
-    """Send `sig` to those of `procs` that still run as the same process (pid and start time); the ones that do."""
-    alive = []
-    for pid, started in procs:
-        st = _stat(pid)
-        if st and st[1] == started:
-            try:
-                os.kill(pid, sig)
-                alive.append((pid, started))
-            except ProcessLookupError:
-                pass
-    return alive
-
-
 def stop_run(proc: subprocess.Popen, grace: float = STOP_GRACE_S) -> None:
     """Stop llamafactory-cli and everything it started: SIGTERM, then SIGKILL after `grace` s (at once on a
     second Ctrl-C)."""
-    procs = [(proc.pid, (_stat(proc.pid) or (0, ""))[1]), *descendants(proc.pid)]
+    procs = [(proc.pid, start_time(proc.pid) or ""), *descendants(proc.pid)]
 
     def send(sig: int) -> None:
-        _signal_all(procs, sig)
+        signal_all(procs, sig)
 
     def alive() -> bool:
         proc.poll()
-        return bool(_signal_all(procs, 0))
+        return bool(signal_all(procs, 0))
 
     stop_even_on_ctrl_c(send, alive, grace)
     with sigint_ignored():
@@ -310,17 +276,9 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
                   "here; training in fp32 (`bf16=false`).", flush=True)
             args.overrides += extra
             cfg = {**cfg, "bf16": False}
-        gpus = 0 if config_flag(cfg, "use_cpu") or environ.get("NPROC_PER_NODE") else device.visible_gpus(environ)
-        if gpus > 1:  # LLaMA-Factory would start one rank per GPU by itself; the split must know of them
-            print(f"train: {gpus} GPUs visible and NPROC_PER_NODE unset: NPROC_PER_NODE={gpus} (one rank per GPU, "
-                  "as LLaMA-Factory starts them; set NPROC_PER_NODE=1 or CUDA_VISIBLE_DEVICES for fewer).", flush=True)
-            environ = {**environ, "NPROC_PER_NODE": str(gpus)}
-        nproc, nnodes = _int_var(environ, "NPROC_PER_NODE", 1) or 1, _int_var(environ, "NNODES", 1) or 1
-        split = ranks.per_rank(cfg, nproc, nnodes)
-        if nproc * nnodes > 1:
-            print(ranks.describe(cfg, split, nproc, nnodes), flush=True)
-            args.overrides += [f"{k}={v}" for k, v in split.items()]
-            cfg = {**cfg, **split}
+        environ = ranks.gpu_ranks(cfg, environ)
+        cfg, split = ranks.split(cfg, _int_var(environ, "NPROC_PER_NODE", 1) or 1, _int_var(environ, "NNODES", 1) or 1)
+        args.overrides += split
         cfg, where, tracker_env = _tracker(args, cfg, output_dir, environ)
         cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,
                                 offline=is_local(model) if model else True, on_cpu=config_flag(cfg, "use_cpu"))

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from pipelines.common import device
 from pipelines.common.flags import config_flag
 from pipelines.train.config import CheckError
 
@@ -67,6 +68,26 @@ def per_rank(cfg: Mapping, nproc: int = 1, nnodes: int = 1) -> dict[str, Any]:
     if config_flag(cfg, "use_cpu") and not cfg.get("ddp_backend"):
         out["ddp_backend"] = "gloo"
     return out
+
+
+def gpu_ranks(cfg: Mapping, environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ`, with NPROC_PER_NODE set to the visible GPUs where it is unset and there are several:
+    LLaMA-Factory would start one rank per GPU by itself, unseen by the split (said in one line)."""
+    gpus = 0 if config_flag(cfg, "use_cpu") or environ.get("NPROC_PER_NODE") else device.visible_gpus(environ)
+    if gpus < 2:
+        return dict(environ)
+    print(f"train: {gpus} GPUs visible and NPROC_PER_NODE unset: NPROC_PER_NODE={gpus} (one rank per GPU, as "
+          "LLaMA-Factory starts them; set NPROC_PER_NODE=1 or CUDA_VISIBLE_DEVICES for fewer).", flush=True)
+    return {**environ, "NPROC_PER_NODE": str(gpus)}
+
+
+def split(cfg: Mapping, nproc: int, nnodes: int) -> tuple[dict[str, Any], list[str]]:
+    """(the config as the ranks train it, the `key=value` overrides that say so); the split printed in one line
+    when there are several ranks. Raises RankError as `per_rank` does."""
+    keys = per_rank(cfg, nproc, nnodes)
+    if nproc * nnodes > 1:
+        print(describe(cfg, keys, nproc, nnodes), flush=True)
+    return {**cfg, **keys}, [f"{k}={v}" for k, v in keys.items()]
 
 
 def describe(cfg: Mapping, split: Mapping[str, Any], nproc: int, nnodes: int) -> str:
