@@ -35,6 +35,8 @@ from pipelines.run import curve_report
 from pipelines.run.curve_report import CURVE_DIR
 from pipelines.run.served import ServedError, score_adapters, serve_config_for
 from pipelines.serve.client import ServeError
+from pipelines.serve.config import load as load_serve_config
+from pipelines.serve.config import stale_base
 from pipelines.train import trackers
 from pipelines.train.grid import task_name
 from pipelines.train.manifest import git_revision, read_manifest
@@ -183,6 +185,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         raise CurveError(f"`{rel(out)}` has no training manifest naming its base; pass the serve config with "
                          "`--serve`.")
     serve_path = serve_config_for(model, args.serve)
+    stale = stale_base(out.name, out, load_serve_config(serve_path).model)  # the checkpoints share the run's base
+    if stale:
+        raise CurveError(stale)
     prefix = out.name
     rows = [{**checkpoint_row(p), "name": f"{prefix}-{p.name}"} for p in found]
     adapters = {r["name"]: str(p) for r, p in zip(rows, found)}

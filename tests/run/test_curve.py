@@ -111,3 +111,16 @@ def test_a_row_equals_a_separate_eval_of_that_checkpoint(curved, tmp_path):
     for side, key in (("models", "metrics"), ("constrained", "constrained")):
         got = {k: v for k, v in metrics[side]["alone"].items() if k != "intervals"}
         assert got == {k: v for k, v in row[key].items() if k != "intervals"}, side
+
+
+@pytest.mark.slow
+def test_checkpoints_of_a_base_rebuilt_since_training_are_refused(tensorboard_run, tmp_path):
+    copy = tmp_path / tensorboard_run.name
+    shutil.copytree(tensorboard_run, copy, ignore=shutil.ignore_patterns("curve", "tracker"))
+    manifest = json.loads((copy / "pipelines_manifest.json").read_text(encoding="utf-8"))
+    manifest["base_model"]["weights_fingerprint"] = "0" * 64  # as if the base had been rebuilt after training
+    (copy / "pipelines_manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    run = pipelines("curve", copy, "--limit", LIMIT)
+    assert run.rc == 1 and not (copy / "curve").exists()
+    said = one_line(run.err)
+    assert said.startswith(f"curve: adapter `{copy.name}` was trained on other weights of ") and "retrain it" in said
