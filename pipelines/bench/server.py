@@ -37,7 +37,7 @@ def ensure_adapter(work: Path, data_dir: Path, adapter: str | None, *, samples: 
         return out
     echo(f"bench: no adapter at {DEFAULT_ADAPTER}; training one ({samples} samples, 1 epoch) into {out}")
     overrides = [f"dataset_dir={data_dir}", f"max_samples={samples}", "num_train_epochs=1", "eval_dataset=null",
-                 "do_eval=false", "eval_strategy=no", "save_strategy=no", f"output_dir={out}", "report_to=none",
+                 "do_eval=false", "eval_strategy='no'", "save_strategy='no'", f"output_dir={out}", "report_to=none",
                  "plot_loss=false", "logging_steps=1000"]
     overrides += train.precision_overrides(yaml.safe_load(CONFIG.read_text(encoding="utf-8")))  # as make train
     run = measure.run_child(lfcli.cli("train", str(CONFIG), *overrides), work.parent / "adapter.log",

@@ -126,7 +126,7 @@ def plan(model: str, out: Path, port: int, gpus: int, environ: Mapping[str, str]
     adapters = {name: rel(out / "adapters" / name) for name in ("train", "torchrun", "deepspeed")}
     common = [f"model_name_or_path={model}", "use_cpu=false", "bf16=true", f"dataset_dir={data}"]
     if not tiny:  # a real model: a short run, enough to show that it trains
-        common += ["max_samples=200", "num_train_epochs=1", "eval_strategy=no", "save_strategy=no"]
+        common += ["max_samples=200", "num_train_epochs=1", "eval_strategy='no'", "save_strategy='no'"]
     first_gpu = (environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0]
     no_cuda = None if facts.get("available", True) else f"no CUDA torch in .venv ({facts.get('why')})"
     on = f"{gpus} GPU{'s' if gpus != 1 else ''}"
