@@ -132,13 +132,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     cores = usable_cores()
-    vllm_version = None
-    vllm_meta = list(VENV_VLLM.glob("lib/python*/site-packages/vllm*.dist-info/METADATA"))
-    for m in vllm_meta:
-        for line in m.read_text(errors="replace").splitlines():
-            if line.startswith("Version:"):
-                vllm_version = line.split(":", 1)[1].strip()
-                break
+    versions = _venv_versions(VENV_VLLM, ("vllm", "vllm-router"))
     return {
         "cpu": cpu,
         "cores": cores,
@@ -150,10 +144,29 @@ def machine() -> dict[str, Any]:
         "transformers": _version("transformers"),
         "peft": _version("peft"),
         "llamafactory": _version("llamafactory"),
-        "vllm": vllm_version,
+        "vllm": versions.get("vllm"),
+        "vllm_router": versions.get("vllm-router"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "gpu": _gpus(),
     }
+
+
+def _venv_versions(venv: Path, names: tuple[str, ...]) -> dict[str, str]:
+    """The version of each named distribution installed in another venv, read from its dist-info
+    METADATA by the `Name:` field (a glob on the folder name alone would also match `vllm_router`)."""
+    found: dict[str, str] = {}
+    for meta in venv.glob("lib/python*/site-packages/*.dist-info/METADATA"):
+        name = version = None
+        for line in meta.read_text(errors="replace").splitlines():
+            if line.startswith("Name:"):
+                name = line.split(":", 1)[1].strip().lower().replace("_", "-")
+            elif line.startswith("Version:"):
+                version = line.split(":", 1)[1].strip()
+            if name and version:
+                break
+        if name in names and version:
+            found[name] = version
+    return found
 
 
 def _gpus() -> list[str]:
