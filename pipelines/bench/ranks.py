@@ -46,10 +46,10 @@ def overrides(*, model: str, data_dir: Path, out_dir: Path, samples: int, cuda: 
 
 
 def environ(world: int) -> dict[str, str]:
-    """This process's environment without launch variables a developer may have exported; NPROC_PER_NODE=world."""
+    """This process's environment without launch variables a developer may have exported; NPROC_PER_NODE=world,
+    also for one rank (unset, the launcher would start a rank per visible GPU)."""
     env = {k: v for k, v in os.environ.items() if k not in (*DIST_VARS, *CONTROL_VARS)}
-    if world > 1:
-        env["NPROC_PER_NODE"] = str(world)
+    env["NPROC_PER_NODE"] = str(world)
     return env
 
 

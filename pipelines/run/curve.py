@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pipelines.common.errors import PipelinesError
 from pipelines.common.io import atomic_write, json_sha256, read_json, write_json
-from pipelines.common.paths import ROOT, rel, resolve
+from pipelines.common.paths import ROOT, TRAIN_MANIFEST, rel, resolve
 from pipelines.data.records import load_records, user_text
 from pipelines.eval import EvalError, constraints, tasks
 from pipelines.eval.compare import mark_ties
@@ -35,14 +35,12 @@ from pipelines.run import curve_report
 from pipelines.run.curve_report import CURVE_DIR
 from pipelines.run.served import ServedError, score_adapters, serve_config_for
 from pipelines.serve.client import ServeError
+from pipelines.serve.config import WEIGHT_FILES, stale_base
 from pipelines.serve.config import load as load_serve_config
-from pipelines.serve.config import stale_base
-from pipelines.train import trackers
+from pipelines.train import launch, trackers
 from pipelines.train.grid import task_name
 from pipelines.train.manifest import git_revision, read_manifest
 
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_SAMPLES = 3
 LOGGED = "tracker_logged.json"  # the digest of what was logged into the tracker
 
@@ -53,27 +51,33 @@ class CurveError(PipelinesError):
 
 def checkpoints(out: Path) -> list[Path]:
     """The `checkpoint-N` folders of `out` that hold an adapter and a trainer state, by N."""
-    found = [(int(m.group(1)), p) for p in (out.iterdir() if out.is_dir() else [])
-             if p.is_dir() and (m := CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()
-             and any((p / w).is_file() for w in WEIGHTS)]
-    return [p for _, p in sorted(found)]
+    return [p for p in launch.checkpoints(out) if any((p / w).is_file() for w in WEIGHT_FILES)]
 
 
 def check_run(out: Path, found: list[Path], manifest: dict[str, Any] | None) -> None:
-    """Refuse a run with fewer than two checkpoints, or checkpoints older than the run its manifest records."""
-    cfg = (manifest or {}).get("config") or {}
+    """Refuse a missing folder, a run with fewer than two checkpoints, or checkpoints older than the run its
+    manifest records (those up to the checkpoint a resumed run started from are that run's too)."""
+    if not out.is_dir():
+        raise CurveError(f"`{rel(out)}` does not exist; give ADAPTER= the `output_dir` of a training run (e.g. "
+                         "`saves/tiny/lora/cluener`).")
     if len(found) < 2:
-        saves = cfg.get("save_strategy", "steps")
-        saves = "no" if saves is False else saves  # `save_strategy=no` on the command line reads as false
-        raise CurveError(f"`{rel(out)}` holds {len(found)} checkpoint{'s' if len(found) != 1 else ''} "
-                         f"(`save_strategy: {saves}`); a curve needs two or more: train with `save_strategy=epoch` "
-                         "(the tiny configs' setting) and `num_train_epochs` of 2 or more.")
+        cfg = (manifest or {}).get("config")
+        if cfg is None:
+            why = f"and no training manifest (`{TRAIN_MANIFEST}`: not a `make train` output_dir)"
+        else:
+            saves = cfg.get("save_strategy", "steps")
+            saves = "no" if saves is False else saves  # `save_strategy=no` on the command line reads as false
+            why = f"(`save_strategy: {saves}`)"
+        raise CurveError(f"`{rel(out)}` holds {len(found)} checkpoint{'s' if len(found) != 1 else ''} {why}; a "
+                         "curve needs two or more: train with `save_strategy=epoch` (the tiny configs' setting) and "
+                         "`num_train_epochs` of 2 or more.")
     started = (manifest or {}).get("started")
     if started:
-        from datetime import datetime
-
         t0 = datetime.fromisoformat(started).timestamp()
-        old = [p.name for p in found if (p / "trainer_state.json").stat().st_mtime < t0 - 1]
+        resumed = (manifest or {}).get("resumed_from")
+        kept = (launch.checkpoint_step(resumed) or 0) if resumed else 0
+        old = [p.name for p in found if (p / "trainer_state.json").stat().st_mtime < t0 - 1
+               and (launch.checkpoint_step(p) or 0) > kept]
         if old:
             raise CurveError(f"{', '.join(f'`{n}`' for n in old)} of `{rel(out)}` are older than the run its "
                              f"manifest records (started {started}), so they are another run's; delete them or "
@@ -83,7 +87,7 @@ def check_run(out: Path, found: list[Path], manifest: dict[str, Any] | None) -> 
 def checkpoint_row(ckpt: Path) -> dict[str, Any]:
     """epoch, step, and the training loss last logged up to it and its evaluation loss, from its trainer state."""
     state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-    step = int(state.get("global_step") or int(CHECKPOINT.match(ckpt.name).group(1)))  # type: ignore[union-attr]
+    step = int(state.get("global_step") or launch.checkpoint_step(ckpt) or 0)
     history = [h for h in state.get("log_history", []) if isinstance(h.get("step"), int) and h["step"] <= step]
     loss = next((h["loss"] for h in reversed(history) if "loss" in h), None)
     eval_loss = next((h["eval_loss"] for h in reversed(history) if "eval_loss" in h), None)

@@ -127,7 +127,11 @@ def _score_attached(task: str, data: str, adapters: dict[str, str], models: list
         for name, path in adapters.items():
             load_adapter(scfg, name, str(resolve(path)))  # refuses a server without runtime LoRA updating
             loaded.append(name)
-        base_url = (read_state(run_files(scfg.port, RUN_DIR)) or {})["base_url"]
+        state = read_state(run_files(scfg.port, RUN_DIR))
+        if state is None:  # it stopped while the adapters loaded
+            raise ServedError(f"the server on port {scfg.port} stopped while the adapters were loaded into it; "
+                              "start it again with `make serve` and rerun.")
+        base_url = state["base_url"]
         echo(f"loaded {len(loaded)} adapters into the server on port {scfg.port}")
         t0 = time.time()
         metrics = run_eval(base_url, task, data, models, eval_dir, **kwargs)

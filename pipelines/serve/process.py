@@ -158,12 +158,27 @@ def groups(state: Mapping) -> list[Mapping]:
 
 
 def leftovers(state: Mapping, port: int) -> str:
-    """One sentence: the main process is gone but processes of its group still run."""
+    """One sentence: the main process is gone but processes of its group still run (or, with replicas, the router
+    is not started yet: `starting`, the launcher still waiting for the replicas or gone)."""
     pids = state.get("alive") or []
+    listed = (f"pid{'s' if len(pids) != 1 else ''} {', '.join(map(str, pids))}")
+    if state.get("starting"):
+        launcher = state["starting"]
+        if launcher_alive(launcher):
+            return (f"the server on port {port} is starting: `make serve` (pid {launcher['pid']}) waits for its "
+                    f"replicas ({listed}); wait for it, or end them with `make serve-stop PORT={port}`")
+        return (f"the start of the server on port {port} was abandoned (its launcher, pid {launcher['pid']}, is "
+                f"gone) but {len(pids)} process{'es' if len(pids) != 1 else ''} of its replicas still "
+                f"run{'s' if len(pids) == 1 else ''} ({listed}); `make serve-stop PORT={port}` ends them")
     return (f"the main process {state.get('pid')} of the server on port {port} is gone, but {len(pids)} "
             f"process{'es' if len(pids) != 1 else ''} of its group still run{'s' if len(pids) == 1 else ''} "
-            f"(pid{'s' if len(pids) != 1 else ''} {', '.join(map(str, pids))}); `make serve-stop PORT={port}` "
-            "ends them")
+            f"({listed}); `make serve-stop PORT={port}` ends them")
+
+
+def launcher_alive(launcher: Mapping) -> bool:
+    """Does the `make serve` that wrote a `starting` state (its pid and start time) still run?"""
+    stat = _proc_stat(launcher.get("pid") or 0)
+    return stat is not None and stat[0] not in ("Z", "X") and stat[19] == launcher.get("start_time")
 
 
 def _cleanup(files: RunFiles) -> None:
@@ -247,6 +262,8 @@ def refuse_running(files: RunFiles, port: int) -> None:
     if state and state["main_alive"]:
         raise ServeError(f"a server is already running on port {port} (pid {state['pid']}); stop it with "
                          f"`make serve-stop PORT={port}` first.")
+    if state and state.get("starting"):
+        raise ServeError(leftovers(state, port) + " first.")
     if state:
         alive = state["alive"]
         raise ServeError(f"processes of a previous server on port {port} still run (pid{'s' if len(alive) > 1 else ''} "
@@ -324,7 +341,7 @@ def start_server(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[str,
         state = {**member(proc, base_url, files.log, cmd), "config": cfg.source, "model": cfg.served_model_name,
                  "adapters": [a.name for a in adapters], "runtime_lora_updating": cfg.runtime_lora_updating}
         if cfg.lora_enabled:
-            state["max_lora_rank"] = _flag_value(cmd, "--max-lora-rank", int)
+            state["max_lora_rank"] = flag_value(cmd, "--max-lora-rank", int)
         atomic_write(files.state, json.dumps(state, indent=2) + "\n")
         echo(f"serve: started pid {proc.pid}, log {files.log}; waiting for {base_url}/v1/models …")
         want = [cfg.served_model_name, *state["adapters"]]
@@ -343,7 +360,8 @@ def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _flag_value(cmd: list[str], flag: str, kind=str):
+def flag_value(cmd: list[str], flag: str, kind=str):
+    """The value of `flag` in an argv (`--flag V` or `--flag=V`), the last one winning as in argparse; None if absent."""
     value = None
     for i, a in enumerate(cmd):
         if a == flag and i + 1 < len(cmd):
@@ -384,9 +402,10 @@ def status(port: int, run_dir: Path = RUN_DIR, env: Mapping[str, str] | None = N
     if state is None:
         url = f"http://127.0.0.1:{port}"
         return {"running": False, "base_url": url, "healthy": healthy(url)}
-    if not state["main_alive"]:
-        return {"running": False, "leftover": state["alive"], "pid": state["pid"], "base_url": state["base_url"],
-                "healthy": False, "log": state.get("log"), "message": leftovers(state, port)}
+    if not state["main_alive"]:  # what is left of a server, or replicas whose router is not started yet
+        return {"running": False, "leftover": state["alive"], "pid": state.get("pid"), "base_url": state["base_url"],
+                "healthy": False, "log": state.get("log"), "starting": bool(state.get("starting")),
+                "message": leftovers(state, port)}
     out = {"running": True, **{k: state.get(k) for k in ("pid", "base_url", "config", "model", "adapters", "log",
                                                             "runtime_lora_updating", "ready_seconds")}}
     if state.get("replicas"):  # the router's and each replica's process (pipelines/serve/replicas.py)
@@ -410,11 +429,13 @@ def stop(port: int, run_dir: Path = RUN_DIR, grace: float = STOP_GRACE) -> int |
     if state is None:
         return None
     for m in groups(state):  # the router first: it stops taking requests before the replicas go
+        if not server_group(m):  # gone already: its group id may be another program's by now
+            continue
         pgid = m.get("pgid", m["pid"])
         if not kill_group(pgid, grace=grace, pid=m["pid"]):
             raise ServeError(f"processes of group {pgid} survived SIGKILL; look at `ps -g {pgid}`.")
     _cleanup(files)
-    return state["pid"]
+    return state.get("pid") or state["alive"][0]
 
 
 # ---------------------------------------------------------------- runtime adapters
@@ -443,8 +464,18 @@ def load_adapter(cfg: ServeConfig, name: str, path: str, run_dir: Path = RUN_DIR
     if problems:
         raise ServeConfigError(problems)
     assert info is not None
-    for url in _adapter_urls(state):
-        post(f"{url}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(info.path)}, env)
+    loaded: list[str] = []
+    try:
+        for url in _adapter_urls(state):
+            post(f"{url}/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(info.path)}, env)
+            loaded.append(url)
+    except BaseException:  # every replica or none: unload it where it was loaded, then say why
+        for url in loaded:
+            try:
+                post(f"{url}/v1/unload_lora_adapter", {"lora_name": name}, env)
+            except (ServeError, httpx.HTTPError):
+                pass
+        raise
 
 
 def unload_adapter(cfg: ServeConfig, name: str, run_dir: Path = RUN_DIR,

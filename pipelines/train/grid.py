@@ -199,7 +199,7 @@ def train_grid(config_file: str, overrides: list[str], ranks: list[int], lrs: li
         raise config.CheckError(f"`{config_file}` is not a LoRA config (`finetuning_type: "
                                 f"{cfg.get('finetuning_type')}`); pick a `conf/*_lora_*.yaml`.")
     ratio = alpha_ratio(cfg, ratio)
-    world = (int(os.environ.get("NPROC_PER_NODE") or 1), int(os.environ.get("NNODES") or 1))
+    world = dist.world(dist.gpu_ranks(cfg, os.environ))  # the ranks `make train` will start for each run
     dist.per_rank(cfg, *world)  # a batch the ranks cannot share is refused before anything trains
     task = task or task_name(cfg)
     runs: list[Run] = []

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pipelines.common import device, lfcli
 from pipelines.common.errors import PipelinesError
-from pipelines.common.flags import FlagError, config_flag, env_flag
+from pipelines.common.flags import FlagError, config_flag, env_flag, env_int
 from pipelines.common.paths import ROOT, TINY_BASE, TINY_MODEL, is_local, rel, resolve
 from pipelines.common.process import (
     STOP_GRACE_S,
@@ -63,32 +63,18 @@ class TrainError(PipelinesError):
     """A one-sentence problem with the launch settings; `main` prints it without a traceback."""
 
 
-def _int_var(env: Mapping[str, str], name: str, minimum: int) -> int | None:
-    raw = env.get(name)
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise TrainError(f"`{name}={raw}` is not a whole number; set it to e.g. `{name}={max(minimum, 1)}`.") from None
-    if value < minimum:
-        raise TrainError(f"`{name}={raw}` must be at least {minimum}.")
-    return value
-
-
 def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], resume_from: str | None = None,
                  offline: bool = True, on_cpu: bool = False) -> tuple[list[str], dict[str, str]]:
     """The llamafactory-cli command line and its environment. Pure: reads nothing but its arguments (and the
     cores it may use). `on_cpu`: the config trains on the CPU (`use_cpu`), so several ranks get `CPU_RANKS` first
     on PYTHONPATH (its `sitecustomize` lets them load their checkpoint's optimizer on `RESUME=1`)."""
-    nproc = _int_var(environ, "NPROC_PER_NODE", 1)
-    nnodes = _int_var(environ, "NNODES", 1)
-    node_rank = _int_var(environ, "NODE_RANK", 0)
-    _int_var(environ, "MASTER_PORT", 1)
-    if node_rank is not None and node_rank >= (nnodes or 1):
-        raise TrainError(f"`NODE_RANK={node_rank}` must be below `NNODES={nnodes or 1}`; number the nodes 0 … "
+    nproc, nnodes = ranks.world(environ)
+    node_rank = env_int("NODE_RANK", environ, minimum=0)
+    env_int("MASTER_PORT", environ)
+    if node_rank is not None and node_rank >= nnodes:
+        raise TrainError(f"`NODE_RANK={node_rank}` must be below `NNODES={nnodes}`; number the nodes 0 … "
                          "NNODES-1.")
-    if (nnodes or 1) > 1 and not environ.get("MASTER_ADDR"):
+    if nnodes > 1 and not environ.get("MASTER_ADDR"):
         raise TrainError(f"`NNODES={nnodes}` needs `MASTER_ADDR`, the address of the node with NODE_RANK=0, "
                          "on every node.")
     deepspeed = environ.get("DEEPSPEED") or None
@@ -105,11 +91,11 @@ def build_launch(config: str, overrides: list[str], environ: Mapping[str, str], 
             env.pop(name, None)
     for name in CONTROL_VARS:
         env.pop(name, None)
-    if deepspeed or (nproc or 1) > 1 or (nnodes or 1) > 1:
+    if deepspeed or nproc > 1 or nnodes > 1:
         env["FORCE_TORCHRUN"] = "1"
-    if (nproc or 1) > 1 and not environ.get("OMP_NUM_THREADS"):  # the ranks of a node share its cores
-        env["OMP_NUM_THREADS"] = str(max(1, device.usable_cores() // (nproc or 1)))
-    if on_cpu and (nproc or 1) * (nnodes or 1) > 1:
+    if nproc > 1 and not environ.get("OMP_NUM_THREADS"):  # the ranks of a node share its cores
+        env["OMP_NUM_THREADS"] = str(max(1, device.usable_cores() // nproc))
+    if on_cpu and nproc * nnodes > 1:
         env["PYTHONPATH"] = os.pathsep.join([str(CPU_RANKS), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     return lfcli.cli("train", *args), env
 
@@ -123,13 +109,25 @@ def precision_overrides(cfg: Mapping, native_bf16: bool | None = None) -> list[s
     return [] if native else ["bf16=false"]
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The `checkpoint-N` folder of output_dir with the largest N that holds a trainer state."""
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The `checkpoint-N` folders of output_dir that hold a trainer state, by N (RESUME's and `make curve`'s)."""
     if not output_dir.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in output_dir.iterdir()
              if p.is_dir() and (m := CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file()]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: str | Path) -> int | None:
+    """N of a `…/checkpoint-N` path, else None."""
+    m = CHECKPOINT.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The `checkpoint-N` folder of output_dir with the largest N that holds a trainer state."""
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def ensure_tiny_model(cfg: Mapping) -> None:
@@ -277,7 +275,7 @@ def _main(args: argparse.Namespace, environ: dict[str, str], dry_run: bool, resu
             args.overrides += extra
             cfg = {**cfg, "bf16": False}
         environ = ranks.gpu_ranks(cfg, environ)
-        cfg, split = ranks.split(cfg, _int_var(environ, "NPROC_PER_NODE", 1) or 1, _int_var(environ, "NNODES", 1) or 1)
+        cfg, split = ranks.split(cfg, *ranks.world(environ))
         args.overrides += split
         cfg, where, tracker_env = _tracker(args, cfg, output_dir, environ)
         cmd, env = build_launch(rel(config_path), args.overrides, environ, resume_from,

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipelines.common import device
-from pipelines.common.flags import config_flag
+from pipelines.common.flags import config_flag, env_int
 from pipelines.train.config import CheckError
 
 BATCH = "per_device_train_batch_size"
@@ -29,10 +29,17 @@ class RankError(CheckError):
     """A batch that the ranks cannot share without changing the global batch: one sentence."""
 
 
+def world(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(NPROC_PER_NODE, NNODES) of a launcher environment, each 1 when unset or empty; anything but a whole number
+    of at least 1 is one sentence naming the variable (FlagError). The one reader of both, for `make train` and
+    `make sweep` alike."""
+    return env_int("NPROC_PER_NODE", environ) or 1, env_int("NNODES", environ) or 1
+
+
 def world_size(environ: Mapping[str, str]) -> int:
-    """NPROC_PER_NODE × NNODES of a launcher environment whose values were checked (`launch.build_launch`);
-    unset or empty is 1."""
-    return int(environ.get("NPROC_PER_NODE") or 1) * int(environ.get("NNODES") or 1)
+    """NPROC_PER_NODE × NNODES of a launcher environment (`world`)."""
+    nproc, nnodes = world(environ)
+    return nproc * nnodes
 
 
 def _value(cfg: Mapping, key: str) -> int:

@@ -235,7 +235,7 @@ def test_ranks_overrides_keep_the_train_benchmarks_setup_with_a_batch_of_8_x_2(t
     assert "use_cpu=false" not in args
     assert "use_cpu=false" in ranks.overrides(model="m", data_dir=tmp_path, out_dir=tmp_path, samples=32, cuda=True,
                                               seed=0)
-    assert "NPROC_PER_NODE" not in ranks.environ(1) and ranks.environ(2)["NPROC_PER_NODE"] == "2"
+    assert ranks.environ(1)["NPROC_PER_NODE"] == "1" and ranks.environ(2)["NPROC_PER_NODE"] == "2"
 
 
 @pytest.fixture(scope="module")

@@ -5,28 +5,62 @@ checkpoint; a rerun sends nothing; a run without checkpoints is refused."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import CURVE_EPOCHS
 from faults import one_line, pipelines
 
+from pipelines.common.paths import TRAIN_MANIFEST
 from pipelines.run import curve
 from pipelines.train import trackers
 
 LIMIT = "24"
 
 
-def test_fewer_than_two_checkpoints_is_refused_naming_save_strategy(tmp_path):
-    (tmp_path / "checkpoint-6").mkdir()
+def _checkpoint(out: Path, step: int, mtime: float | None = None) -> Path:
+    ckpt = out / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
     for name in ("trainer_state.json", "adapter_model.safetensors"):
-        (tmp_path / "checkpoint-6" / name).write_text("{}", encoding="utf-8")
+        (ckpt / name).write_text("{}", encoding="utf-8")
+    if mtime is not None:
+        os.utime(ckpt / "trainer_state.json", (mtime, mtime))
+    return ckpt
+
+
+def test_fewer_than_two_checkpoints_is_refused_naming_save_strategy(tmp_path):
+    _checkpoint(tmp_path, 6)
     run = pipelines("curve", tmp_path)
     assert run.rc == 1
-    assert one_line(run.err) == (f"curve: `{tmp_path}` holds 1 checkpoint (`save_strategy: steps`); a curve needs two "
+    assert one_line(run.err) == (f"curve: `{tmp_path}` holds 1 checkpoint and no training manifest "
+                                 f"(`{TRAIN_MANIFEST}`: not a `make train` output_dir); a curve needs two "
                                  "or more: train with `save_strategy=epoch` (the tiny configs' setting) and "
                                  "`num_train_epochs` of 2 or more.")
+    (tmp_path / TRAIN_MANIFEST).write_text(json.dumps({"config": {"save_strategy": False}}), encoding="utf-8")
+    run = pipelines("curve", tmp_path)
+    assert run.rc == 1 and one_line(run.err).startswith(f"curve: `{tmp_path}` holds 1 checkpoint (`save_strategy: "
+                                                        "no`); a curve needs two or more")
+    run = pipelines("curve", tmp_path / "nope")
+    assert run.rc == 1 and one_line(run.err) == (f"curve: `{tmp_path / 'nope'}` does not exist; give ADAPTER= the "
+                                                 "`output_dir` of a training run (e.g. `saves/tiny/lora/cluener`).")
+
+
+def test_checkpoints_before_a_resume_are_the_runs_own(tmp_path):
+    """After `RESUME=1` the manifest's `started` is the resume's: the checkpoints up to the one it resumed from are
+    older and still the run's; a later one that is older than the run is another run's."""
+    now = time.time()
+    found = [_checkpoint(tmp_path, 75, now - 600), _checkpoint(tmp_path, 150, now - 300), _checkpoint(tmp_path, 225)]
+    started = datetime.fromtimestamp(now - 60, UTC).isoformat(timespec="seconds")
+    resumed = {"started": started, "resumed_from": f"{tmp_path.name}/checkpoint-150", "config": {}}
+    curve.check_run(tmp_path, found, resumed)
+    with pytest.raises(curve.CurveError, match=r"^`checkpoint-75`, `checkpoint-150` of .* are older than the run"):
+        curve.check_run(tmp_path, found, {**resumed, "resumed_from": None})
+    with pytest.raises(curve.CurveError, match=r"^`checkpoint-150` of .* are older than the run"):
+        curve.check_run(tmp_path, found, {**resumed, "resumed_from": f"{tmp_path.name}/checkpoint-75"})
 
 
 def test_best_and_ties_use_the_paired_comparisons():

@@ -56,6 +56,17 @@ def test_bad_grid_values_are_one_sentence(flag, value, said, capsys):
     assert message.startswith(f"sweep: `{flag} {value}` ") and said in message and "\n" not in message, message
 
 
+@pytest.mark.parametrize("value, said", [("0", "`NPROC_PER_NODE=0` must be at least 1"),
+                                          ("abc", "`NPROC_PER_NODE=abc` is not a whole number")])
+def test_a_bad_rank_count_is_one_sentence_before_anything_trains(value, said, capsys, monkeypatch, tmp_path):
+    """`make sweep NPROC_PER_NODE=0`: the launcher's own reader (`ranks.world`), not a ZeroDivisionError."""
+    monkeypatch.setenv("NPROC_PER_NODE", value)
+    assert run_sweep.main([CONFIG, "--ranks", "8", "--lrs", "1e-3", "--out", str(tmp_path), "--dry-run"]) == 1
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("sweep: ") and said in message and "\n" not in message, message
+    assert not any(tmp_path.iterdir())
+
+
 def test_grid_values_that_round_alike_get_their_own_folders():
     """`--lrs 1e-3,1.0000001e-3`: folder names hold the exact rate, so two rates never share a folder."""
     from pipelines.train.grid import fmt_lr, grid

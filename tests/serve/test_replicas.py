@@ -25,8 +25,9 @@ from pipelines import serve
 from pipelines.common.net import free_port
 from pipelines.common.paths import VENV_VLLM
 from pipelines.serve import manage as serve_cli
+from pipelines.serve.client import ServeError
 from pipelines.serve.config import ROUTING_POLICIES, ServeConfigError, from_dict, load
-from pipelines.serve.replicas import replica_configs
+from pipelines.serve.replicas import replica_configs, replica_devices
 from pipelines.serve.router import router_args, router_command
 
 API_KEY = "sk-router-" + secrets.token_hex(8)
@@ -68,13 +69,42 @@ def test_replicas_split_the_cpu_threads_and_listen_on_loopback():
     assert all(r.cpu_threads == 1 for r in replica_configs(one, {"PIPELINES_DEVICE": "cpu", "OMP_NUM_THREADS": "2"}))
 
 
+def test_replicas_on_gpus_get_gpus_of_their_own():
+    listing = "\n".join(f"GPU {i}: NVIDIA H200 (UUID: GPU-{i})" for i in range(4))
+    two = from_dict({"model": "m", "replicas": 2}, source="t.yaml")
+    assert replica_devices(two, {}, listing) == ["0", "1"]
+    assert replica_devices(two, {"CUDA_VISIBLE_DEVICES": "3,1"}, listing) == ["3", "1"]
+    tp = from_dict({"model": "m", "replicas": 2, "tensor_parallel_size": 2}, source="t.yaml")
+    assert replica_devices(tp, {}, listing) == ["0,1", "2,3"]
+    with pytest.raises(ServeError) as e:
+        replica_devices(tp, {"CUDA_VISIBLE_DEVICES": "0,1,2"}, listing)
+    assert str(e.value) == ("`replicas: 2` in `t.yaml` needs 4 GPUs (2 each) but 3 are visible; lower `replicas` (or "
+                            "`REPLICAS=`) or make more GPUs visible (CUDA_VISIBLE_DEVICES).")
+    assert replica_devices(two, {"PIPELINES_DEVICE": "cpu"}) is None  # the CPU: the threads split instead
+
+
 def test_router_command_keeps_the_key_off_its_command_line():
     cfg = from_dict({"model": "m", "replicas": 2, "routing": "round_robin", "port": 8123}, source="t.yaml")
     args = router_args(cfg, ["http://127.0.0.1:1", "http://127.0.0.1:2"])
     assert args[:8] == ["--host", "127.0.0.1", "--port", "8123", "--worker-urls", "http://127.0.0.1:1",
                         "http://127.0.0.1:2", "--policy"] and args[8] == "round_robin"
-    cmd = router_command(cfg, ["http://127.0.0.1:1"])
-    assert cmd[1] == "-c" and "VLLM_API_KEY" in cmd[2] and "--api-key" not in cmd[3:]
+
+
+def test_the_router_gets_the_key_from_the_environment_not_its_command_line(tmp_path):
+    """The launch line run for real, with vllm_router's entry point replaced by one that prints its argv."""
+    stub = tmp_path / "vllm_router"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("")
+    (stub / "launch_router.py").write_text("import json, sys\ndef main():\n    print(json.dumps(sys.argv[1:]))\n"
+                                           "    return 0\n")
+    cfg = from_dict({"model": "m", "replicas": 2, "port": 8123}, source="t.yaml")
+    cmd = router_command(cfg, ["http://127.0.0.1:1"], python=sys.executable)
+    assert API_KEY not in " ".join(cmd)
+    for key, tail in ((API_KEY, ["--api-key", API_KEY]), (None, [])):
+        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path), **({"VLLM_API_KEY": key} if key else {})}
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=True)
+        argv = json.loads(out.stdout)
+        assert argv[:len(cmd) - 3] == cmd[3:] and argv[len(cmd) - 3:] == tail
 
 
 # ---------------------------------------------------------------- the real topology (slow)
@@ -140,8 +170,8 @@ def test_the_key_is_required_through_the_router_and_never_written(topology):
                     headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
     assert ok.status_code == 200, ok.text
     state = json.loads(serve.run_files(topology["cfg"].port, topology["run_dir"]).state.read_text())
-    for m in (state, *state["replicas"]):
-        assert API_KEY not in Path(f"/proc/{m['pid']}/cmdline").read_text()
+    for m in (state, *state["replicas"]):  # the argv each was started with (the router retitles its process)
+        assert m["command"] and API_KEY not in " ".join(m["command"])
         assert API_KEY not in Path(m["log"]).read_text(errors="replace")
     assert API_KEY not in json.dumps(state)
 
@@ -222,6 +252,33 @@ def test_runtime_adapters_are_refused_while_a_replica_is_dead():
         _adapter_urls(state)
     assert _adapter_urls({**state, "replicas": [me]}) == ["http://127.0.0.1:2"]
     assert _adapter_urls(me) == ["http://127.0.0.1:2"]
+
+
+def test_an_adapter_that_one_replica_refuses_is_unloaded_from_the_others(monkeypatch, tmp_path):
+    """Every replica or none: the load that failed on the second replica is undone on the first, then said."""
+    from types import SimpleNamespace
+
+    from pipelines.serve import process
+
+    me = {"pid": os.getpid(), "start_time": process.start_time(os.getpid())}
+    state = {**me, "base_url": "http://127.0.0.1:1", "replicas": [{**me, "base_url": "http://127.0.0.1:2"},
+                                                                  {**me, "base_url": "http://127.0.0.1:3"}]}
+    calls: list[tuple[str, str]] = []
+
+    def post(url, body, env):
+        calls.append((url.rsplit("/", 1)[-1], url.split("/v1")[0]))
+        if calls[-1] == ("load_lora_adapter", "http://127.0.0.1:3"):
+            raise serve.ServeError("load_lora_adapter failed (400): no room for another adapter")
+        return "ok"
+
+    monkeypatch.setattr(process, "_runtime_state", lambda cfg, run_dir: state)
+    monkeypatch.setattr(process, "inspect_adapter", lambda *a: (SimpleNamespace(path=tmp_path), []))
+    monkeypatch.setattr(process, "post", post)
+    cfg = from_dict({"model": "m", "replicas": 2, "runtime_lora_updating": True}, source="t.yaml")
+    with pytest.raises(serve.ServeError, match="no room for another adapter"):
+        process.load_adapter(cfg, "extra", str(tmp_path), env={})
+    assert calls == [("load_lora_adapter", "http://127.0.0.1:2"), ("load_lora_adapter", "http://127.0.0.1:3"),
+                     ("unload_lora_adapter", "http://127.0.0.1:2")]
 
 
 def test_command_prints_the_router_before_one_replica(tiny_base_dir, tmp_path, capsys, monkeypatch):

@@ -289,6 +289,57 @@ def test_kill_9_of_the_main_process_leaves_its_group_found_and_stopped(tmp_path,
                                   lambda: fake_serve(fake_vllm, "start", conf, "--run-dir", run_dir))
 
 
+#: WITH_FAKE for `replicas` > 1: the replicas' vLLM executable swapped as well (the router stays the real one).
+WITH_FAKE_REPLICAS = WITH_FAKE.replace("sys.exit(", "from pipelines.serve import replicas; "
+                                       "replicas.build_command = process.build_command; sys.exit(")
+
+
+def test_replicas_still_starting_are_found_refused_and_stopped(tmp_path, base_dir, fake_vllm):
+    """From the first replica's spawn on, status names them, a second start is refused and stop ends them, with
+    the launcher waiting for them (`make serve` in another terminal) or killed (SIGKILL: nothing could clean up)."""
+    conf = serve_yaml(tmp_path, model=str(base_dir), replicas=2)
+    port, run_dir = yaml.safe_load(conf.read_text())["port"], tmp_path / "run"
+    files = process.run_files(port, run_dir)
+    env = {**os.environ, "FAKE_VLLM_READY": "0"}  # the replicas never get ready: the launcher keeps waiting
+    for launcher_killed in (False, True):
+        launcher = subprocess.Popen([sys.executable, "-c", WITH_FAKE_REPLICAS, str(fake_vllm), "start", str(conf),
+                                     "--run-dir", str(run_dir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: files.state.exists() and len(json.loads(files.state.read_text())["replicas"]) == 2, 60,
+                 "both replicas in the state", launcher)
+        pgids = [r["pgid"] for r in json.loads(files.state.read_text())["replicas"]]
+        wait_for(lambda pgids=pgids: all(len(process.group_members(g)) >= 2 for g in pgids), 60,
+                 "the replicas' engines")
+        if launcher_killed:
+            launcher.kill()
+            launcher.wait()
+        alive = sorted(p for g in pgids for p in process.group_members(g))
+        shown = ", ".join(map(str, alive))
+        run = pipelines("serve", "status", conf, "--run-dir", run_dir)
+        assert run.rc == 1
+        if launcher_killed:
+            assert one_line(run.out) == (
+                f"serve: the start of the server on port {port} was abandoned (its launcher, pid {launcher.pid}, is "
+                f"gone) but {len(alive)} processes of its replicas still run (pids {shown}); "
+                f"`make serve-stop PORT={port}` ends them.")
+        else:
+            assert one_line(run.out) == (
+                f"serve: the server on port {port} is starting: `make serve` (pid {launcher.pid}) waits for its "
+                f"replicas (pids {shown}); wait for it, or end them with `make serve-stop PORT={port}`.")
+        second = fake_serve(fake_vllm, "start", conf, "--run-dir", run_dir)
+        assert second.rc == 1 and "serve start: " in one_line(second.err) and shown in second.err
+        run = pipelines("serve", "stop", conf, "--run-dir", run_dir, "--grace", "10")
+        assert run.rc == 0 and one_line(run.out) == (
+            f"serve: ended the {len(alive)} processes of the replicas started on port {port} before their router "
+            f"(pids {shown})")
+        assert all(process.group_members(g) == [] for g in pgids)
+        if not launcher_killed:  # the waiting launcher sees its replicas end and says so in one sentence
+            assert launcher.wait(60) == 1
+            assert one_line(launcher.stderr.read()).startswith("serve start: server exited: ")
+            launcher.stdout.close()
+        assert not files.state.exists()
+
+
 def _foreign_group(leader_stays: bool) -> tuple[subprocess.Popen, int]:
     """A process group that is not the server's: (its leader's Popen, a pid of it that must survive)."""
     if leader_stays:
@@ -324,6 +375,32 @@ def test_a_reused_pid_is_not_taken_for_the_server(leader_stays, tmp_path, base_d
         assert run.rc == 0 and "nothing to stop" in one_line(run.out)
         assert process.group_members(pgid) != [] and survivor in process.group_members(pgid)
     finally:
+        os.killpg(foreign.pid, signal.SIGKILL)
+        foreign.wait()
+
+
+def test_stop_leaves_alone_the_reused_group_of_a_replica_long_dead(tmp_path, base_dir):
+    """With replicas: the router runs, a replica died long ago and its pgid names another group now; stop ends the
+    router and leaves that group alone (each recorded group is checked before it is signalled)."""
+    conf = serve_yaml(tmp_path, model=str(base_dir), replicas=2)
+    port, run_dir = yaml.safe_load(conf.read_text())["port"], tmp_path / "run"
+    foreign, survivor = _foreign_group(True)
+    router = subprocess.Popen(["sleep", "300"], process_group=0)
+    try:
+        files = process.run_files(port, run_dir)
+        files.dir.mkdir(parents=True)
+        url = f"http://127.0.0.1:{port}"
+        dead = {"pid": foreign.pid, "pgid": foreign.pid, "start_time": str(int(process.start_time(survivor)) + 100),
+                "base_url": "http://127.0.0.1:1", "log": str(files.log)}
+        files.state.write_text(json.dumps({"pid": router.pid, "pgid": router.pid,
+                                           "start_time": process.start_time(router.pid), "base_url": url,
+                                           "log": str(files.log), "replicas": [dead]}))
+        run = pipelines("serve", "stop", conf, "--run-dir", run_dir, "--grace", "5")
+        assert run.rc == 0 and one_line(run.out) == f"serve: stopped the server on port {port} (pid {router.pid})"
+        assert router.wait(30) is not None and survivor in process.group_members(foreign.pid)
+    finally:
+        router.kill()
+        router.wait()
         os.killpg(foreign.pid, signal.SIGKILL)
         foreign.wait()
 

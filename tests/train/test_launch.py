@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.common import lfcli
+from pipelines.common.flags import FlagError
 from pipelines.common.paths import ROOT
 from pipelines.train import launch as train
 from pipelines.train import ranks
@@ -78,11 +79,13 @@ def test_resume_appends_checkpoint_and_keeps_the_output_dir():
 @pytest.mark.parametrize("environ, expected", [
     ({"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "a"}, "`NODE_RANK=2` must be below `NNODES=2`"),
     ({"NNODES": "2"}, "`NNODES=2` needs `MASTER_ADDR`, the address of the node with NODE_RANK=0, on every node."),
-    ({"NPROC_PER_NODE": "two"}, "`NPROC_PER_NODE=two` is not a whole number; set it to e.g. `NPROC_PER_NODE=1`."),
-    ({"NPROC_PER_NODE": "0"}, "`NPROC_PER_NODE=0` must be at least 1."),
+    ({"NPROC_PER_NODE": "two"}, "`NPROC_PER_NODE=two` is not a whole number; set it to one (at least 1) or leave it"),
+    ({"NPROC_PER_NODE": "0"}, "`NPROC_PER_NODE=0` must be at least 1; set it higher or leave it unset."),
+    ({"NNODES": "0"}, "`NNODES=0` must be at least 1"),
+    ({"NODE_RANK": "-1"}, "`NODE_RANK=-1` must be at least 0"),
 ])
 def test_bad_launch_settings(environ, expected):
-    with pytest.raises(train.TrainError) as e:
+    with pytest.raises((train.TrainError, FlagError)) as e:
         train.build_launch(CONFIG, [], environ)
     assert str(e.value).startswith(expected)
 
