@@ -190,7 +190,10 @@ def interrupted_line(config_arg: str, overrides: list[str], output_dir: Path, ma
     ckpt = latest_checkpoint(output_dir)
     shown = rel(output_dir)
     if ckpt is not None:
-        kept = (f"the checkpoints in `{shown}` are kept (latest `{ckpt.name}`); resume with "
+        cut = [p.name for p in sorted(output_dir.glob("checkpoint-*"), key=lambda p: checkpoint_step(p) or 0)
+               if (checkpoint_step(p) or 0) > (checkpoint_step(ckpt) or 0) and p.is_dir()]
+        skipped = f"; `{'`, `'.join(cut)}`, cut off while saving, is skipped" if cut else ""
+        kept = (f"the checkpoints in `{shown}` are kept (latest `{ckpt.name}`{skipped}); resume with "
                 f"`make train CONFIG={config_arg}{args} RESUME=1`")
     elif str(cfg.get("save_strategy", "steps")).lower() in ("no", "false"):  # `save_strategy=no` reads as false
         kept = f"no checkpoint was saved (`save_strategy: no`), so `make train CONFIG={config_arg}{args}` starts over"

@@ -204,3 +204,16 @@ def test_visible_gpus_counts_nvidia_smi_lines_within_cuda_visible_devices():
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,2"}, listing) == 2
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, listing) == 0
     assert visible_gpus({"PIPELINES_DEVICE": "cpu"}) == 0
+
+
+def test_the_ctrl_c_line_names_a_checkpoint_cut_off_while_saving(tmp_path):
+    """Ctrl-C during a save leaves `checkpoint-N` without its trainer state: RESUME skips it, and the line says so."""
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    line = train.interrupted_line(CONFIG, [], tmp_path, None, {})
+    assert "are kept (latest `checkpoint-2`); resume with" in line
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "optimizer.pt").write_text("")
+    line = train.interrupted_line(CONFIG, [], tmp_path, None, {})
+    assert "are kept (latest `checkpoint-2`; `checkpoint-4`, cut off while saving, is skipped); resume with" in line
+    assert train.latest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
