@@ -104,8 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         pid = stop(port, args.run_dir, args.grace)
         if pid and before and not before["main_alive"]:
             n = len(before["alive"])
-            what = ("of the replicas started on port {port} before their router" if before.get("starting") else
-                    "left of the server on port {port}").format(port=port)
+            what = (f"of the replicas started on port {port} before their router" if before.get("starting") else
+                    f"left of the server on port {port}")
             print(f"serve: ended the {n} process{'es' if n != 1 else ''} {what} "
                   f"(pid{'s' if n != 1 else ''} {', '.join(map(str, before['alive']))}"
                   + ("" if before.get("starting") else f"; its main process {pid} was gone") + ")")

@@ -164,7 +164,7 @@ def leftovers(state: Mapping, port: int) -> str:
     listed = (f"pid{'s' if len(pids) != 1 else ''} {', '.join(map(str, pids))}")
     if state.get("starting"):
         launcher = state["starting"]
-        if launcher_alive(launcher):
+        if main_alive(launcher):  # the `make serve` that wrote it (its pid and start time) still waits
             return (f"the server on port {port} is starting: `make serve` (pid {launcher['pid']}) waits for its "
                     f"replicas ({listed}); wait for it, or end them with `make serve-stop PORT={port}`")
         return (f"the start of the server on port {port} was abandoned (its launcher, pid {launcher['pid']}, is "
@@ -173,12 +173,6 @@ def leftovers(state: Mapping, port: int) -> str:
     return (f"the main process {state.get('pid')} of the server on port {port} is gone, but {len(pids)} "
             f"process{'es' if len(pids) != 1 else ''} of its group still run{'s' if len(pids) == 1 else ''} "
             f"({listed}); `make serve-stop PORT={port}` ends them")
-
-
-def launcher_alive(launcher: Mapping) -> bool:
-    """Does the `make serve` that wrote a `starting` state (its pid and start time) still run?"""
-    stat = _proc_stat(launcher.get("pid") or 0)
-    return stat is not None and stat[0] not in ("Z", "X") and stat[19] == launcher.get("start_time")
 
 
 def _cleanup(files: RunFiles) -> None:

@@ -144,7 +144,7 @@ def start_replicas(cfg: ServeConfig, *, run_dir: Path = RUN_DIR, env: Mapping[st
         logs.insert(0, files.log)
         files.pid.write_text(f"{proc.pid}\n")
         del state["starting"]
-        state = {**member(proc, url, files.log, cmd), **state, "replicas": [s for _, s, _ in replicas]}
+        state = {**member(proc, url, files.log, cmd), **state}
         if cfg.lora_enabled:
             state["max_lora_rank"] = flag_value(replicas[0][1]["command"], "--max-lora-rank", int)
         atomic_write(files.state, json.dumps(state, indent=2) + "\n")
